@@ -1,0 +1,36 @@
+# stylelab: `make setup` once, then `make test`; `make run` for an offline smoke run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: setup test lint format run clean help
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+setup: $(BIN)/stylelab  ## create .venv and install stylelab with its dev extras
+
+$(BIN)/stylelab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+lint:  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint  ## lint, then the test suite (CPU, offline)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+run:  ## offline smoke run with random weights (ARGS="key=value ..." adds overrides)
+	$(BIN)/python -m stylelab.run model.weights=random steps=20 image_size=128 $(ARGS)
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun wandb reports .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

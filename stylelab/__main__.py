@@ -1,0 +1,3 @@
+from stylelab.run import main
+
+main()

@@ -1,0 +1,158 @@
+"""VGG-19 feature extraction: layer naming, weight loading and a truncated, frozen encoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import VGG19_Weights, vgg19
+
+from stylelab.errors import LayerError, WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _vgg19_layer_names() -> tuple[str, ...]:
+    names: list[str] = []
+    for block, convs in enumerate((2, 2, 4, 4, 4), start=1):
+        for conv in range(1, convs + 1):
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+        names.append(f"pool{block}")
+    return tuple(names)
+
+
+# Index i names the output of torchvision's `vgg19().features[i]`.
+LAYER_NAMES: tuple[str, ...] = _vgg19_layer_names()
+LAYER_INDEX: dict[str, int] = {name: index for index, name in enumerate(LAYER_NAMES)}
+
+
+def parse_layer(layer: int | str) -> int:
+    """A torchvision index (0..36, also as a string) or a name (`conv4_2`, `relu4_2`, `pool3`)."""
+    text = str(layer).strip().lower()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < len(LAYER_NAMES):
+            return index
+    elif text in LAYER_INDEX:
+        return LAYER_INDEX[text]
+    raise LayerError(
+        f"unknown VGG-19 layer '{layer}': use an index 0..{len(LAYER_NAMES) - 1} "
+        f"or a name ({', '.join(LAYER_NAMES)})"
+    )
+
+
+def parse_layers(layers: Iterable[int | str]) -> list[int]:
+    """Parse a list of layers, keeping order and dropping duplicates."""
+    parsed = list(dict.fromkeys(parse_layer(layer) for layer in layers))
+    return parsed
+
+
+def layer_name(index: int) -> str:
+    return LAYER_NAMES[index]
+
+
+def hub_checkpoint_path() -> Path:
+    """Where torchvision keeps the ImageNet VGG-19 weights (under `$TORCH_HOME`)."""
+    filename = os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
+    """VGG-19 `features` with weights from `imagenet`, `random` or a local state-dict file."""
+    if weights == "imagenet":
+        try:
+            model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1, progress=True)
+        except (OSError, RuntimeError) as error:
+            # urllib's URLError is an OSError; a corrupt cache file raises RuntimeError.
+            raise WeightsError(
+                f"could not load ImageNet VGG-19 weights ({type(error).__name__}: {error}); "
+                f"expected {hub_checkpoint_path().name} at {hub_checkpoint_path()} "
+                "(set TORCH_HOME or download it there), or use model.weights=<path to a state dict> "
+                "or model.weights=random for an offline smoke run"
+            ) from None
+        return model.features
+    if weights == "random":
+        log.warning(
+            "USING RANDOM VGG-19 WEIGHTS (model.weights=random, seed %d): for tests and smoke "
+            "runs only; results are not style transfer",
+            seed,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return vgg19(weights=None).features
+    return _load_state_dict_file(Path(weights).expanduser())
+
+
+def _load_state_dict_file(path: Path) -> nn.Sequential:
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file not found: {path}; use model.weights=imagenet, random or an existing file"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for bad files
+        raise WeightsError(f"could not read weights file {path} ({error}): give a VGG-19 state dict") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    features = vgg19(weights=None).features
+    feature_state = {
+        key.removeprefix("features."): value
+        for key, value in state.items()
+        if key.startswith("features.") or key[0].isdigit()
+    }
+    try:
+        features.load_state_dict(feature_state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise WeightsError(f"{path} is not a VGG-19 state dict ({first})") from None
+    return features
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG-19 truncated after the deepest requested layer; returns the requested outputs.
+
+    Input images are (N, 3, H, W) in [0, 1]; ImageNet normalisation happens inside.
+    """
+
+    def __init__(self, features: nn.Sequential, layers: Sequence[int], pooling: str = "max"):
+        super().__init__()
+        if not layers:
+            raise LayerError("no layers selected: give at least one style or content layer")
+        if pooling not in ("max", "avg"):
+            raise LayerError(f"unknown pooling '{pooling}': use max or avg")
+        self.layers = sorted(set(layers))
+        modules = list(features.children())[: self.layers[-1] + 1]
+        for index, module in enumerate(modules):
+            if isinstance(module, nn.ReLU):
+                modules[index] = nn.ReLU(inplace=False)
+            elif isinstance(module, nn.MaxPool2d) and pooling == "avg":
+                modules[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.net = nn.Sequential(*modules).eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    @property
+    def min_size(self) -> int:
+        """Smallest image side for which every requested layer has at least one pixel."""
+        pools = sum(1 for index, name in enumerate(LAYER_NAMES[: self.layers[-1] + 1]) if name.startswith("pool"))
+        return 2**pools
+
+    def train(self, mode: bool = True) -> VGGFeatures:
+        return super().train(False)  # always eval: no dropout or batch-norm statistics to update
+
+    def forward(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        x = (image - self.mean) / self.std
+        outputs: dict[int, torch.Tensor] = {}
+        wanted = set(self.layers)
+        for index, module in enumerate(self.net):
+            x = module(x)
+            if index in wanted:
+                outputs[index] = x
+        return outputs

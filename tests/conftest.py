@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny offline images, a seeded random VGG, CLI runner helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["model.weights=random", "image_size=32", "logger=none"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    """No network, W&B offline, caches in temporary folders."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("STYLELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def run_cli(*overrides: str, cwd: Path, multirun: bool = False, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process."""
+    command = [sys.executable, "-m", "stylelab.run", *(["-m"] if multirun else []), *overrides]
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
+                "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_run_dir(root: Path) -> Path:
+    """The one Hydra run folder under `root/outputs`."""
+    dirs = [p.parent for p in root.glob("outputs/*/*/config.yaml")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.fixture
+def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 32, 32, generator=generator), torch.rand(1, 3, 32, 32, generator=generator)
