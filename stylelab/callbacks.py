@@ -17,13 +17,27 @@ log = logging.getLogger("stylelab")
 
 def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(job folder, summary) for every job folder under a multirun folder, in job order."""
-    jobs = [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()] if sweep_dir.is_dir() else []
-    jobs.sort(key=lambda path: (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name))
+    jobs = (
+        [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()]
+        if sweep_dir.is_dir()
+        else []
+    )
+    jobs.sort(
+        key=lambda path: (
+            not path.name.isdigit(),
+            int(path.name) if path.name.isdigit() else 0,
+            path.name,
+        )
+    )
     results = []
     for job in jobs:
         path = job / SUMMARY_FILE
         try:
-            summary = json.loads(path.read_text()) if path.exists() else {"status": "no summary (killed?)"}
+            summary = (
+                json.loads(path.read_text())
+                if path.exists()
+                else {"status": "no summary (killed?)"}
+            )
         except json.JSONDecodeError:
             summary = {"status": "unreadable summary"}
         results.append((job, summary))
@@ -37,10 +51,22 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         results = collect_summaries(sweep_dir)
         failed = [(job, s) for job, s in results if s.get("status") != "finished"]
-        log.info("multirun finished: %d of %d jobs succeeded (%s)", len(results) - len(failed), len(results), sweep_dir)
+        log.info(
+            "multirun finished: %d of %d jobs succeeded (%s)",
+            len(results) - len(failed),
+            len(results),
+            sweep_dir,
+        )
         for job, summary in results:
             total = summary.get("final/total")
-            detail = f"final total {total:.4g}" if isinstance(total, float) else summary.get("error", "")
+            detail = (
+                f"final total {total:.4g}" if isinstance(total, float) else summary.get("error", "")
+            )
             log.info("  job %s: %s %s", job.name, summary.get("status"), detail)
         for job, summary in failed:
-            log.error("job %s %s: %s", job.name, summary.get("status"), summary.get("error", "see its log"))
+            log.error(
+                "job %s %s: %s",
+                job.name,
+                summary.get("status"),
+                summary.get("error", "see its log"),
+            )

@@ -62,7 +62,9 @@ class LogConfig:
     image_every: int = 25  # steps between intermediate frames (PNG, GIF frame, W&B image)
     flush_every: int = 10  # steps between reading losses back from the device
     gif_seconds_per_frame: float = 0.1
-    checkpoint_every: int = 0  # steps between full checkpoints (0: only on interruption); L-BFGS state is large
+    checkpoint_every: int = (
+        0  # steps between full checkpoints (0: only on interruption); L-BFGS state is large
+    )
 
 
 @dataclass

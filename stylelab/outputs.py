@@ -66,7 +66,9 @@ class RunFolder:
     def read_losses(self) -> list[dict[str, Any]]:
         if not self.losses_path.exists():
             return []
-        return [json.loads(line) for line in self.losses_path.read_text().splitlines() if line.strip()]
+        return [
+            json.loads(line) for line in self.losses_path.read_text().splitlines() if line.strip()
+        ]
 
     def truncate_losses(self, before_step: int) -> None:
         """Drop rows at or after `before_step` (they will be recomputed after a resume)."""
@@ -74,7 +76,10 @@ class RunFolder:
         self.losses_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def write_gif(self, final: np.ndarray, seconds_per_frame: float) -> Path:
-        frames = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(self.frames_dir.glob("*.png"))]
+        frames = [
+            np.asarray(Image.open(path).convert("RGB"))
+            for path in sorted(self.frames_dir.glob("*.png"))
+        ]
         frames = [frame for frame in frames if frame.shape == final.shape] + [final]
         return write_gif(frames, self.root / GIF_FILE, seconds_per_frame)
 

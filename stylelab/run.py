@@ -42,7 +42,9 @@ def sweep_group(cfg: DictConfig) -> str | None:
         return f"sweep-{os.environ['WANDB_SWEEP_ID']}"
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return "multirun-" + Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace("/", "-").removeprefix("multirun-")
+        return "multirun-" + Path(hydra_cfg.sweep.dir).as_posix().strip("/").replace(
+            "/", "-"
+        ).removeprefix("multirun-")
     return None
 
 
@@ -50,7 +52,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """For `resume=<run folder>`: that run's config, with this command's other overrides on top."""
     stored = Path(cfg.resume).expanduser() / "config.yaml"
     if not stored.exists():
-        raise StyleLabError(f"resume={cfg.resume}: no config.yaml there; give the folder of an earlier run")
+        raise StyleLabError(
+            f"resume={cfg.resume}: no config.yaml there; give the folder of an earlier run"
+        )
     resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored))
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra"))]
     resumed.merge_with_dotlist([o for o in extra if "=" in o and not o.startswith(("+", "~"))])
@@ -96,7 +100,9 @@ def main(cfg: DictConfig) -> float:
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
         return float(summary.get("final/total", math.nan))
     except Interrupted as error:
-        log.error("%s: checkpoint saved; continue with: python -m stylelab.run resume=%s", error, run_dir)
+        log.error(
+            "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s", error, run_dir
+        )
         if multirun:
             raise
         sys.exit(EXIT_INTERRUPTED)

@@ -6,6 +6,7 @@ Free of Hydra and W&B: the CLI (`stylelab.run`) builds the config and the tracke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
@@ -50,7 +51,10 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.steps >= 1, f"steps={cfg.steps}: must be at least 1"),
         (cfg.image_size >= 1, f"image_size={cfg.image_size}: must be a positive number of pixels"),
-        (cfg.style_size is None or cfg.style_size >= 1, f"style_size={cfg.style_size}: must be positive"),
+        (
+            cfg.style_size is None or cfg.style_size >= 1,
+            f"style_size={cfg.style_size}: must be positive",
+        ),
         (cfg.content_weight >= 0, f"content_weight={cfg.content_weight}: must be >= 0"),
         (cfg.style_weight >= 0, f"style_weight={cfg.style_weight}: must be >= 0"),
         (cfg.tv_weight >= 0, f"tv_weight={cfg.tv_weight}: must be >= 0"),
@@ -59,10 +63,16 @@ def validate(cfg: Config) -> None:
         (cfg.optim.history_size >= 1, f"optim.history_size={cfg.optim.history_size}: must be >= 1"),
         (cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"),
         (cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"),
-        (cfg.precision in ("auto", "fp32", "bf16"), f"precision={cfg.precision}: use auto, fp32 or bf16"),
+        (
+            cfg.precision in ("auto", "fp32", "bf16"),
+            f"precision={cfg.precision}: use auto, fp32 or bf16",
+        ),
         (cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"),
         (cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"),
-        (cfg.log.checkpoint_every >= 0, f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0"),
+        (
+            cfg.log.checkpoint_every >= 0,
+            f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -72,7 +82,9 @@ def validate(cfg: Config) -> None:
 def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Content and style images as (1, 3, H, W) tensors, resized to image_size / style_size."""
     content = resize_long_side(load_source(cfg.pair.content, cfg.cache_dir), cfg.image_size)
-    style = resize_long_side(load_source(cfg.pair.style, cfg.cache_dir), cfg.style_size or cfg.image_size)
+    style = resize_long_side(
+        load_source(cfg.pair.style, cfg.cache_dir), cfg.style_size or cfg.image_size
+    )
     return pil_to_tensor(content), pil_to_tensor(style)
 
 
@@ -89,7 +101,9 @@ def check_size(image: torch.Tensor, encoder: VGGFeatures, what: str, size_key: s
 def memory_estimate_gib(pixels: int, history_size: int, optimizer: str) -> float:
     """Rough memory need: VGG activations kept for backward (~1.6 KB/pixel fp32) + optimiser history."""
     activations = pixels * 1600
-    history = pixels * 3 * 4 * (2 * history_size + 3) if optimizer == "lbfgs" else pixels * 3 * 4 * 3
+    history = (
+        pixels * 3 * 4 * (2 * history_size + 3) if optimizer == "lbfgs" else pixels * 3 * 4 * 3
+    )
     return (activations + history) / 2**30
 
 
@@ -111,10 +125,8 @@ def stop_on_signals() -> Iterator[list[int]]:
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not the main thread
-            pass
     try:
         yield received
     finally:
@@ -140,12 +152,17 @@ class LossBuffer:
         if not self.values:
             return []
         table = torch.stack(self.values).cpu().tolist()
-        rows = [{"step": step, **dict(zip(self.keys, row, strict=True))} for step, row in zip(self.steps, table, strict=True)]
+        rows = [
+            {"step": step, **dict(zip(self.keys, row, strict=True))}
+            for step, row in zip(self.steps, table, strict=True)
+        ]
         self.steps, self.values = [], []
         return rows
 
 
-def run_synthesis(cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo) -> dict[str, Any]:
+def run_synthesis(
+    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+) -> dict[str, Any]:
     """Run one synthesis into `run_dir`, reporting to `tracker`; returns the summary.
 
     The tracker run is always finished: exit code 0 on success, 1 on failure, 130 when
@@ -155,7 +172,9 @@ def run_synthesis(cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunI
     folder = RunFolder(run_dir)
     checkpoint = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and checkpoint is None:
-        raise StyleLabError(f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt")
+        raise StyleLabError(
+            f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
+        )
     info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
     tracker.start(info)
     started = time.perf_counter()
@@ -174,9 +193,13 @@ def run_synthesis(cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunI
         raise
 
 
-def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None) -> dict[str, Any]:
+def _synthesize(
+    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None
+) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = (
+        cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    )
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -185,23 +208,37 @@ def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: di
     content, style = load_pair(cfg)
     style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
     encoder = VGGFeatures(
-        load_vgg19_features(cfg.model.weights, seed=cfg.seed), style_layers + content_layers, cfg.model.pooling
+        load_vgg19_features(cfg.model.weights, seed=cfg.seed),
+        style_layers + content_layers,
+        cfg.model.pooling,
     )
     check_size(content, encoder, "content", "image_size")
     check_size(style, encoder, "style", "style_size")
     pixels = content.shape[-1] * content.shape[-2]
     log.info(
         "content %dx%d, style %dx%d, device %s (%s), estimated memory %.1f GiB",
-        content.shape[-1], content.shape[-2], style.shape[-1], style.shape[-2], device, precision,
+        content.shape[-1],
+        content.shape[-2],
+        style.shape[-1],
+        style.shape[-2],
+        device,
+        precision,
         memory_estimate_gib(pixels, cfg.optim.history_size, cfg.optim.name),
     )
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     encoder = encoder.to(device, memory_format=memory_format)
     content, style = content.to(device), style.to(device)
     loss = GatysLoss(
-        encoder, content, style, content_layers, style_layers,
-        content_weight=cfg.content_weight, style_weight=cfg.style_weight, tv_weight=cfg.tv_weight,
-        content_layer_weights=cfg.layers.content_weights, style_layer_weights=cfg.layers.style_weights,
+        encoder,
+        content,
+        style,
+        content_layers,
+        style_layers,
+        content_weight=cfg.content_weight,
+        style_weight=cfg.style_weight,
+        tv_weight=cfg.tv_weight,
+        content_layer_weights=cfg.layers.content_weights,
+        style_layer_weights=cfg.layers.style_weights,
     )
     init_source = None
     if cfg.init == "image":
@@ -213,7 +250,9 @@ def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: di
     if checkpoint is not None:
         synth.load_state_dict(checkpoint["synthesis"])
         folder.truncate_losses(before_step=synth.step_count)
-        log.info("resuming from step %d of %d (%s)", synth.step_count, cfg.steps, folder.checkpoint_path)
+        log.info(
+            "resuming from step %d of %d (%s)", synth.step_count, cfg.steps, folder.checkpoint_path
+        )
 
     inputs = {"content": tensor_to_uint8(content), "style": tensor_to_uint8(style)}
     if synth.step_count == 0:
@@ -228,9 +267,13 @@ def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: di
     def save_checkpoint(with_optimizer: bool = True) -> None:
         flush()  # the records on disk and in the tracker end where the checkpoint starts
         state = synth.state_dict()
-        if not with_optimizer:  # the history of L-BFGS is large; a finished run keeps the image only
+        if (
+            not with_optimizer
+        ):  # the history of L-BFGS is large; a finished run keeps the image only
             state["optimizer"] = None
-        folder.save_checkpoint({"synthesis": state, "tracker_run_id": tracker.run_id, "config": asdict(cfg)})
+        folder.save_checkpoint(
+            {"synthesis": state, "tracker_run_id": tracker.run_id, "config": asdict(cfg)}
+        )
 
     def flush() -> None:
         rows = buffer.flush()
@@ -251,8 +294,13 @@ def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: di
         last_finite.copy_(synth.image)
 
     progress = tqdm(
-        total=cfg.steps, initial=synth.step_count, desc="synthesis", unit="step",
-        dynamic_ncols=True, file=sys.stderr, disable=None,
+        total=cfg.steps,
+        initial=synth.step_count,
+        desc="synthesis",
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=None,
     )
     with stop_on_signals() as received, progress:
         while synth.step_count < cfg.steps:
@@ -263,12 +311,19 @@ def _synthesize(cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: di
                 tracker.log_image("synthesis", frame, step=step)
             buffer.add(step, synth.step())
             progress.update(1)
-            if synth.step_count % cfg.log.flush_every == 0 or synth.step_count == cfg.steps or received:
+            if (
+                synth.step_count % cfg.log.flush_every == 0
+                or synth.step_count == cfg.steps
+                or received
+            ):
                 flush()
                 row = last_rows[0]
                 progress.set_postfix(
-                    total=f"{row['total']:.4g}", content=f"{row['content']:.3g}",
-                    style=f"{row['style']:.3g}", tv=f"{row['tv']:.3g}", refresh=False,
+                    total=f"{row['total']:.4g}",
+                    content=f"{row['content']:.3g}",
+                    style=f"{row['style']:.3g}",
+                    tv=f"{row['tv']:.3g}",
+                    refresh=False,
                 )
             if received:
                 save_checkpoint()

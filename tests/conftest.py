@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,14 +24,27 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 
-def run_cli(*overrides: str, cwd: Path, multirun: bool = False, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str,
+    cwd: Path,
+    multirun: bool = False,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process."""
     command = [sys.executable, "-m", "stylelab.run", *(["-m"] if multirun else []), *overrides]
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
-                "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "0",
+        **(env or {}),
+    }
     full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def only_run_dir(root: Path) -> Path:
@@ -43,4 +57,39 @@ def only_run_dir(root: Path) -> Path:
 @pytest.fixture
 def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return torch.rand(1, 3, 32, 32, generator=generator), torch.rand(1, 3, 32, 32, generator=generator)
+    return torch.rand(1, 3, 32, 32, generator=generator), torch.rand(
+        1, 3, 32, 32, generator=generator
+    )
+
+
+def wandb_records(job_dir: Path) -> list[dict]:
+    """Every record of the one W&B run under `job_dir/wandb`, read by W&B's own reader."""
+    runs = sorted((job_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one W&B run under {job_dir}, found {runs}"
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def records_of(records: list[dict], kind: str) -> list[dict]:
+    return [record[kind] for record in records if record["type"] == kind]
+
+
+def wandb_summary(job_dir: Path) -> dict:
+    """`wandb leet inspect --summary --json` of the one W&B run under `job_dir/wandb`."""
+    (run,) = sorted((job_dir / "wandb").glob("offline-run-*"))
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)

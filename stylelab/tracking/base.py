@@ -33,7 +33,9 @@ class Tracker:
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One row of scalars at `step`."""
 
-    def log_image(self, key: str, image: np.ndarray, step: int | None = None, caption: str = "") -> None:
+    def log_image(
+        self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
+    ) -> None:
         """A uint8 (H, W, 3) image; `step=None` for one-off images (inputs)."""
 
     def finish(
@@ -65,7 +67,9 @@ class MultiTracker(Tracker):
         for tracker in self.trackers:
             tracker.log_metrics(step, metrics)
 
-    def log_image(self, key: str, image: np.ndarray, step: int | None = None, caption: str = "") -> None:
+    def log_image(
+        self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
+    ) -> None:
         for tracker in self.trackers:
             tracker.log_image(key, image, step, caption)
 

@@ -22,7 +22,10 @@ def has_api_key() -> bool:
     """An API key in the environment or in ~/.netrc for the W&B host."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = (
+        urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        or "api.wandb.ai"
+    )
     try:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
@@ -52,8 +55,14 @@ def thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
 class WandbTracker(Tracker):
     """Logs a run to W&B; never lets a W&B problem stop the synthesis."""
 
-    def __init__(self, mode: str = "auto", project: str = "stylelab", entity: str | None = None,
-                 job_type: str = "synthesis", notes: str | None = None):
+    def __init__(
+        self,
+        mode: str = "auto",
+        project: str = "stylelab",
+        entity: str | None = None,
+        job_type: str = "synthesis",
+        notes: str | None = None,
+    ):
         self.mode = resolve_mode(mode)
         self.project, self.entity, self.job_type, self.notes = project, entity, job_type, notes
         self.run: Any = None
@@ -67,9 +76,16 @@ class WandbTracker(Tracker):
 
         self.info = info
         kwargs = dict(
-            project=self.project, entity=self.entity, name=info.name, group=info.group,
-            job_type=self.job_type, tags=[str(tag) for tag in info.tags if tag], notes=self.notes,
-            config=info.config, dir=str(info.run_dir), id=info.resume_id,
+            project=self.project,
+            entity=self.entity,
+            name=info.name,
+            group=info.group,
+            job_type=self.job_type,
+            tags=[str(tag) for tag in info.tags if tag],
+            notes=self.notes,
+            config=info.config,
+            dir=str(info.run_dir),
+            id=info.resume_id,
             resume="allow" if info.resume_id else None,
         )
         try:
@@ -96,13 +112,17 @@ class WandbTracker(Tracker):
         row.update(self.pending.pop(step, {}))
         self._log(row, step)
 
-    def log_image(self, key: str, image: np.ndarray, step: int | None = None, caption: str = "") -> None:
+    def log_image(
+        self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
+    ) -> None:
         if self.run is None:
             return
         import wandb
 
         # uint8 on purpose: wandb 0.31 logs float images as black.
-        self.pending.setdefault(step, {})[f"images/{key}"] = wandb.Image(np.ascontiguousarray(image, dtype=np.uint8), caption=caption or None)
+        self.pending.setdefault(step, {})[f"images/{key}"] = wandb.Image(
+            np.ascontiguousarray(image, dtype=np.uint8), caption=caption or None
+        )
 
     def finish(self, exit_code, summary, final_image=None, gif_path=None, inputs=None) -> None:
         if self.run is None:
@@ -122,22 +142,29 @@ class WandbTracker(Tracker):
                 row["synthesis_gif"] = wandb.Video(str(gif_path), format="gif")
             if row:
                 self._log(row, self.last_step if self.last_step is not None else 0)
-            self.run.summary.update({key: value for key, value in summary.items() if value is not None})
+            self.run.summary.update(
+                {key: value for key, value in summary.items() if value is not None}
+            )
         except Exception as error:
             log.warning("W&B: could not log the final records (%s)", error)
         finally:
             self.run.finish(exit_code=exit_code)
             self.run = None
 
-    def _table(self, final_image: np.ndarray, inputs: dict[str, np.ndarray], summary: dict[str, Any]) -> Any:
+    def _table(
+        self, final_image: np.ndarray, inputs: dict[str, np.ndarray], summary: dict[str, Any]
+    ) -> Any:
         import wandb
 
         assert self.info is not None
         hyper = {key: str(value) for key, value in self.info.swept.items()}
         finals = {key: value for key, value in summary.items() if key.startswith("final/")}
         columns = ["content", "style", "output", *hyper, *finals]
-        images = [wandb.Image(thumbnail(inputs["content"])), wandb.Image(thumbnail(inputs["style"])),
-                  wandb.Image(thumbnail(final_image))]
+        images = [
+            wandb.Image(thumbnail(inputs["content"])),
+            wandb.Image(thumbnail(inputs["style"])),
+            wandb.Image(thumbnail(final_image)),
+        ]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])
 
     def _log(self, row: dict[str, Any], step: int) -> None:
