@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +46,22 @@ def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 class SweepSummary(Callback):
-    """Logs one line per job when a multirun ends and names the jobs that did not finish."""
+    """Logs one line per job when a multirun ends; exits non-zero if any job did not finish."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results = collect_summaries(sweep_dir)
-        failed = [(job, s) for job, s in results if s.get("status") != "finished"]
+        failed = [job for job, summary in results if summary.get("status") != "finished"]
+        succeeded = len(results) - len(failed)
         log.info(
-            "multirun finished: %d of %d jobs succeeded (%s)",
-            len(results) - len(failed),
-            len(results),
-            sweep_dir,
+            "multirun finished: %d of %d jobs succeeded (%s)", succeeded, len(results), sweep_dir
         )
         for job, summary in results:
             total = summary.get("final/total")
-            detail = (
-                f"final total {total:.4g}" if isinstance(total, float) else summary.get("error", "")
-            )
-            log.info("  job %s: %s %s", job.name, summary.get("status"), detail)
-        for job, summary in failed:
-            log.error(
-                "job %s %s: %s",
-                job.name,
-                summary.get("status"),
-                summary.get("error", "see its log"),
-            )
+            if isinstance(total, float):
+                log.info("  job %s: finished, final total %.4g", job.name, total)
+            else:
+                error = summary.get("error", "see its run.log")
+                log.error("  job %s: %s: %s", job.name, summary.get("status"), error)
+        if failed:
+            sys.exit(1)  # the other jobs ran to the end; the sweep as a whole did not succeed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,7 +20,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, Interrupted, run_synthesis
+from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
+from stylelab.runner import EXIT_FAILED, Interrupted, run_synthesis
 from stylelab.tracking import RunInfo, make_tracker
 
 log = logging.getLogger("stylelab")
@@ -62,6 +64,17 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return resumed
 
 
+def was_interrupted(run_dir: Path) -> bool:
+    """The folder holds a checkpoint of a run that was interrupted (not finished or failed)."""
+    summary = run_dir / SUMMARY_FILE
+    if not (run_dir / CHECKPOINT_FILE).exists() or not summary.exists():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("status") == "interrupted"
+    except json.JSONDecodeError:
+        return False
+
+
 def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
     key = error.full_key or "a required key"
     pair = cfg.pair.get("name", "?") if "pair" in cfg else "?"
@@ -75,8 +88,12 @@ def main(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    tracker = None
     try:
+        if not cfg.resume and was_interrupted(
+            run_dir
+        ):  # e.g. a SLURM job requeued after preemption
+            log.info("%s holds an interrupted run: resuming it", run_dir)
+            cfg.resume = str(run_dir)
         if cfg.resume:
             cfg = resumed_config(cfg, overrides)
             run_dir = Path(cfg.resume)
@@ -105,7 +122,7 @@ def main(cfg: DictConfig) -> float:
         )
         if multirun:
             raise
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(error.exit_code)
     except StyleLabError as error:
         if cfg.get("debug"):
             traceback.print_exc()

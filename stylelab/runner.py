@@ -41,9 +41,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived during the run; the state was checkpointed."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+    def __init__(self, signum: int, step: int = -1):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
         self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def validate(cfg: Config) -> None:
@@ -113,6 +117,14 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def out_of_memory(cfg: Config) -> StyleLabError:
+    need = memory_estimate_gib(cfg.image_size**2, cfg.optim.history_size, cfg.optim.name)
+    return StyleLabError(
+        f"out of memory on {cfg.device} at image_size={cfg.image_size} (needs roughly {need:.1f} GiB "
+        "for a square image): lower image_size, or use optim.history_size=10, optim=adam or precision=bf16"
+    )
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks between steps (restored afterwards)."""
@@ -165,8 +177,8 @@ def run_synthesis(
 ) -> dict[str, Any]:
     """Run one synthesis into `run_dir`, reporting to `tracker`; returns the summary.
 
-    The tracker run is always finished: exit code 0 on success, 1 on failure, 130 when
-    interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
+    The tracker run is always finished: exit code 0 on success, 1 on failure, 128+signal
+    when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
     and `Interrupted` after SIGINT/SIGTERM (with a checkpoint saved in `run_dir`).
     """
     folder = RunFolder(run_dir)
@@ -180,16 +192,20 @@ def run_synthesis(
     started = time.perf_counter()
     try:
         validate(cfg)
-        return _synthesize(cfg, folder, tracker, checkpoint)
+        try:
+            return _synthesize(cfg, folder, tracker, checkpoint)
+        except torch.OutOfMemoryError:
+            raise out_of_memory(cfg) from None
     except BaseException as error:
         interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
+        exit_code = getattr(error, "exit_code", EXIT_INTERRUPTED) if interrupted else EXIT_FAILED
         summary = {
             "status": "interrupted" if interrupted else "failed",
             "error": str(error) or type(error).__name__,
             "seconds": time.perf_counter() - started,
         }
         folder.write_summary(summary)
-        tracker.finish(EXIT_INTERRUPTED if interrupted else EXIT_FAILED, summary)
+        tracker.finish(exit_code, summary)
         raise
 
 
@@ -328,7 +344,7 @@ def _synthesize(
             if received:
                 save_checkpoint()
                 folder.save_image(FINAL_IMAGE, synth.image)
-                raise Interrupted(received[0])
+                raise Interrupted(received[0], synth.step_count)
             if cfg.log.checkpoint_every and synth.step_count % cfg.log.checkpoint_every == 0:
                 save_checkpoint()
 
