@@ -40,7 +40,7 @@ class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.frames_dir = self.root / "frames"
-        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
 
     @property
     def losses_path(self) -> Path:

@@ -62,7 +62,10 @@ def test_bad_image_files_end_in_one_line(bad_files, tmp_path: Path, case: str, f
     path = bad_files.get(case, bad_files["good"].parent / "missing.png")
     result = run_cli(*FAST, f"pair.content={path}", cwd=tmp_path)
     assert_one_clear_line(result, str(path), *fragments)
-    assert not (only_run_dir(tmp_path) / "final.png").exists()  # nothing half-written
+    run_dir = only_run_dir(tmp_path)
+    assert (
+        not (run_dir / "final.png").exists() and not (run_dir / "frames").exists()
+    )  # nothing half-written
 
 
 @pytest.mark.parametrize(
