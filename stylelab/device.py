@@ -39,6 +39,8 @@ def resolve_device(name: str) -> torch.device:
         return device
     if device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise DeviceError(f"device '{name}' asked for but MPS is not available: use device=auto")
+            raise DeviceError(
+                f"device '{name}' asked for but MPS is not available: use device=auto"
+            )
         return device
     raise DeviceError(f"unsupported device '{name}': use {DEVICE_CHOICES}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import VGG19_Weights, vgg19
+from torchvision.models.vgg import cfgs, make_layers
 
 from stylelab.errors import LayerError, WeightsError
 
@@ -69,10 +72,11 @@ def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequenti
     if weights == "imagenet":
         try:
             model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1, progress=True)
-        except (OSError, RuntimeError) as error:
-            # urllib's URLError is an OSError; a corrupt cache file raises RuntimeError.
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            # urllib's URLError is an OSError; a corrupt cache file raises RuntimeError,
+            # UnpicklingError or EOFError depending on how it is broken.
             raise WeightsError(
-                f"could not load ImageNet VGG-19 weights ({type(error).__name__}: {error}); "
+                f"could not load ImageNet VGG-19 weights ({type(error).__name__}: {_first_line(error)}); "
                 f"expected {hub_checkpoint_path().name} at {hub_checkpoint_path()} "
                 "(set TORCH_HOME or download it there), or use model.weights=<path to a state dict> "
                 "or model.weights=random for an offline smoke run"
@@ -98,21 +102,55 @@ def _load_state_dict_file(path: Path) -> nn.Sequential:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files
-        raise WeightsError(f"could not read weights file {path} ({error}): give a VGG-19 state dict") from None
-    if isinstance(state, dict) and "state_dict" in state:
+        raise WeightsError(
+            f"could not read weights file {path} ({type(error).__name__}: {_first_line(error)}): "
+            "give a VGG-19 state dict saved with torch.save"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    features = vgg19(weights=None).features
+    if not isinstance(state, dict):
+        raise WeightsError(
+            f"{path} holds a {type(state).__name__}, not a state dict: give a VGG-19 state dict "
+            "(keys like features.0.weight or 0.weight)"
+        )
+    # Only the convolutional part: building (and initialising) the 120M-parameter classifier
+    # just to drop it took over a second per load.
+    features = make_layers(cfgs["E"], batch_norm=False)
     feature_state = {
         key.removeprefix("features."): value
         for key, value in state.items()
-        if key.startswith("features.") or key[0].isdigit()
+        if isinstance(key, str) and (key.startswith("features.") or key[:1].isdigit())
     }
-    try:
-        features.load_state_dict(feature_state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise WeightsError(f"{path} is not a VGG-19 state dict ({first})") from None
+    expected = list(features.state_dict())
+    missing = [key for key in expected if key not in feature_state]
+    unexpected = [key for key in feature_state if key not in expected]
+    detail = ""
+    if missing or unexpected:
+        detail = (
+            f"{len(missing)} of {len(expected)} VGG-19 feature keys missing"
+            + (f", e.g. {', '.join(missing[:3])}" if missing else "")
+            + f"; {len(unexpected)} unexpected"
+            + (f", e.g. {', '.join(unexpected[:3])}" if unexpected else "")
+        )
+    else:
+        try:
+            features.load_state_dict(feature_state, strict=True)
+        except (RuntimeError, TypeError, ValueError, AttributeError) as error:  # bad shapes
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else _first_line(error)
+    if detail:
+        raise WeightsError(
+            f"{path} is not a VGG-19 state dict ({detail}): give a VGG-19 state dict "
+            "(keys like features.0.weight or 0.weight)"
+        )
     return features
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (messages must stay one line)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch.load's messages carry ANSI bold
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 class VGGFeatures(nn.Module):
@@ -141,7 +179,11 @@ class VGGFeatures(nn.Module):
     @property
     def min_size(self) -> int:
         """Smallest image side for which every requested layer has at least one pixel."""
-        pools = sum(1 for index, name in enumerate(LAYER_NAMES[: self.layers[-1] + 1]) if name.startswith("pool"))
+        pools = sum(
+            1
+            for index, name in enumerate(LAYER_NAMES[: self.layers[-1] + 1])
+            if name.startswith("pool")
+        )
         return 2**pools
 
     def train(self, mode: bool = True) -> VGGFeatures:

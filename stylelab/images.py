@@ -51,7 +51,9 @@ def open_image(path: str | Path) -> Image.Image:
     """Open and decode an image file as 8-bit RGB, with errors a user can act on."""
     path = Path(path)
     if not path.exists():
-        raise ImageError(f"image not found: {path} (check the path, or use skimage:<name> or a URL)")
+        raise ImageError(
+            f"image not found: {path} (check the path, or use skimage:<name> or a URL)"
+        )
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image: give the path of an image file")
     if path.stat().st_size == 0:
@@ -105,7 +107,9 @@ def save_png(image: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def write_gif(frames: Sequence[np.ndarray], path: str | Path, seconds_per_frame: float = 0.1) -> Path:
+def write_gif(
+    frames: Sequence[np.ndarray], path: str | Path, seconds_per_frame: float = 0.1
+) -> Path:
     """Write uint8 frames as a looping animated GIF (the last frame held a little longer)."""
     if not frames:
         raise ValueError("write_gif needs at least one frame")
@@ -113,6 +117,11 @@ def write_gif(frames: Sequence[np.ndarray], path: str | Path, seconds_per_frame:
     durations = [seconds_per_frame * 1000] * len(frames)
     durations[-1] = max(durations[-1], 1000)
     tmp = path.with_name(path.name + ".tmp")
-    iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=durations, loop=0)
-    tmp.replace(path)
+    # Pillow takes a list of durations only for several frames; one frame needs a number.
+    duration: float | list[float] = durations if len(durations) > 1 else durations[0]
+    try:
+        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=duration, loop=0)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -20,7 +20,9 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W, computed in fp32."""
     n, c, h, w = features.shape
     flat = features.reshape(n, c, h * w).float()
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+    # Autocast would run bmm in bf16/fp16 whatever the input dtype: switch it off here.
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 
 
 class ContentLoss(nn.Module):
@@ -77,9 +79,15 @@ class GatysLoss(nn.Module):
     ):
         super().__init__()
         self.encoder = encoder
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.content_weight, self.style_weight, self.tv_weight = (
+            content_weight,
+            style_weight,
+            tv_weight,
+        )
         self.content_layers, self.style_layers = list(content_layers), list(style_layers)
-        self.content_layer_weights = _layer_weights(content_layer_weights, self.content_layers, "content")
+        self.content_layer_weights = _layer_weights(
+            content_layer_weights, self.content_layers, "content"
+        )
         self.style_layer_weights = _layer_weights(style_layer_weights, self.style_layers, "style")
         with torch.no_grad():
             content_features = encoder(content_image)
@@ -87,14 +95,21 @@ class GatysLoss(nn.Module):
         self.content_losses = nn.ModuleDict(
             {str(i): ContentLoss(content_features[i]) for i in self.content_layers}
         )
-        self.style_losses = nn.ModuleDict({str(i): StyleLoss(style_features[i]) for i in self.style_layers})
+        self.style_losses = nn.ModuleDict(
+            {str(i): StyleLoss(style_features[i]) for i in self.style_layers}
+        )
         self.tv_loss = TVLoss()
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(image)
         terms: dict[str, torch.Tensor] = {}
         content = _weighted_sum(
-            terms, "content", self.content_losses, self.content_layer_weights, self.content_weight, features
+            terms,
+            "content",
+            self.content_losses,
+            self.content_layer_weights,
+            self.content_weight,
+            features,
         )
         style = _weighted_sum(
             terms, "style", self.style_losses, self.style_layer_weights, self.style_weight, features
@@ -104,11 +119,15 @@ class GatysLoss(nn.Module):
         return terms
 
 
-def _layer_weights(weights: Sequence[float] | None, layers: Sequence[int], kind: str) -> list[float]:
+def _layer_weights(
+    weights: Sequence[float] | None, layers: Sequence[int], kind: str
+) -> list[float]:
     if weights is None or len(weights) == 0:
         return [1.0] * len(layers)
     if len(weights) != len(layers):
-        raise ValueError(f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers")
+        raise ValueError(
+            f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers"
+        )
     return [float(w) for w in weights]
 
 

@@ -59,7 +59,9 @@ def load_source(source: str, cache_dir: str | Path | None = None) -> Image.Image
 def load_skimage(name: str) -> Image.Image:
     """One of scikit-image's bundled photos (no network needed)."""
     if name not in SKIMAGE_PHOTOS:
-        raise ImageError(f"unknown scikit-image photo '{name}': choose one of {', '.join(SKIMAGE_PHOTOS)}")
+        raise ImageError(
+            f"unknown scikit-image photo '{name}': choose one of {', '.join(SKIMAGE_PHOTOS)}"
+        )
     from skimage import data
 
     return to_rgb(Image.fromarray(getattr(data, name)()))
@@ -79,6 +81,11 @@ def download(source: str, cache_dir: str | Path | None = None, timeout: float = 
     A `#sha256=<hex>` suffix is checked; a download that fails the check is deleted, not kept.
     """
     match = SHA256_FRAGMENT.search(source)
+    if match is None and "#sha256=" in source:
+        # A mistyped checksum must not silently turn into "no check" (urllib drops fragments).
+        raise ImageError(
+            f"bad checksum in {source}: #sha256= must be followed by 64 hex digits at the end of the URL"
+        )
     expected = match.group(1).lower() if match else None
     url = source[: match.start()] if match else source
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -92,9 +99,14 @@ def download(source: str, cache_dir: str | Path | None = None, timeout: float = 
     tmp = Path(tmp_name)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "stylelab"})
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        with (
+            os.fdopen(handle, "wb") as out,
+            urllib.request.urlopen(request, timeout=timeout) as response,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}", leave=False) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"downloading {name}", leave=False
+            ) as bar:
                 while block := response.read(1 << 16):
                     out.write(block)
                     bar.update(len(block))
