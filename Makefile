@@ -34,3 +34,6 @@ run:  ## offline smoke run with random weights (ARGS="key=value ..." adds overri
 clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb reports .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
+
+# The write-up's studies (experiments/README.md).
+include experiments/studies.mk

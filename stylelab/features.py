@@ -90,8 +90,19 @@ def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequenti
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return vgg19(weights=None).features
+            return _random_features()
     return _load_state_dict_file(Path(weights).expanduser())
+
+
+def _random_features() -> nn.Sequential:
+    """VGG-19 `features` initialised as torchvision initialises them (the classifier is skipped;
+    the convolutions come first in torchvision's order, so the weights are the same)."""
+    features = make_layers(cfgs["E"], batch_norm=False)
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return features
 
 
 def _load_state_dict_file(path: Path) -> nn.Sequential:

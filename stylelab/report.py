@@ -1,0 +1,506 @@
+"""An offline comparison report of a sweep, from its run folders alone (no W&B needed).
+
+    python -m stylelab.report multirun/2024-05-01/12-00-00 [--out report.html] [--rows KEY] [--cols KEY]
+
+writes one self-contained HTML page (images embedded as data URIs, so it works when moved): a grid
+of the final images whose rows and columns are the swept keys (detected from each job's
+`.hydra/overrides.yaml`), the loss curves, and a sortable table of hyperparameters and final
+losses in which failed jobs show their status and error. The loading and plotting functions are
+also what `notebooks/compare_runs.ipynb` uses, for local folders and for W&B runs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import html
+import io
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXIT_USAGE = 2
+LOSS_TERMS = ("total", "content", "style")
+FINAL_KEYS = ("final/total", "final/content", "final/style", "final/tv", "seconds")
+TABLE_CONFIG = {  # table column: dotted key in the run's config
+    "pair": "pair.name",
+    "layers": "layers.name",
+    "optim": "optim.name",
+    "style_weight": "style_weight",
+    "content_weight": "content_weight",
+    "tv_weight": "tv_weight",
+    "steps": "steps",
+    "image_size": "image_size",
+    "weights": "model.weights",
+}
+IGNORED_KEYS = ("hydra", "logger", "resume", "debug", "experiment")  # never grid axes
+MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+class ReportError(Exception):
+    """A problem the user can fix; the command line prints it as one line and exits with 2."""
+
+
+@dataclass
+class Job:
+    """One run of a sweep: what its folder (or its W&B run) recorded."""
+
+    name: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    images: dict[str, Path] = field(default_factory=dict)  # final, content, style
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    @property
+    def error(self) -> str:
+        return str(self.summary.get("error", ""))
+
+    def value(self, key: str) -> str | None:
+        """`key` as overridden on the command line, else from the resolved config: a dotted key
+        or a table column (`layers` is `layers.name`)."""
+        if key in self.overrides:
+            return self.overrides[key]
+        node: Any = self.config
+        for part in TABLE_CONFIG.get(key, key).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return str(node) if not isinstance(node, dict) else None
+
+    def curve(self, term: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one loss term, skipping missing values."""
+        points = [(row["step"], as_float(row.get(term))) for row in self.losses if "step" in row]
+        points = [(step, value) for step, value in points if value is not None]
+        return [step for step, _ in points], [value for _, value in points]
+
+
+def as_float(value: Any) -> float | None:
+    """A number from a JSON value (`"nan"`/`"inf"` included), else None."""
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """`["+a.b=1", "c=skimage\\:coffee", "d='x y'"]` -> `{"a.b": "1", "c": "skimage:coffee", "d": "x y"}`."""
+    parsed = {}
+    for override in overrides:
+        key, sep, value = str(override).partition("=")
+        if sep:
+            if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # a Hydra quoted string
+            parsed[key.lstrip("+~")] = re.sub(r"\\(.)", r"\1", value)
+    return parsed
+
+
+def job_folders(folder: Path) -> list[Path]:
+    """The job folders of a multirun folder in job order (or the folder itself if it is one run)."""
+    if (folder / ".hydra").is_dir():
+        return [folder]
+    jobs = (
+        [path for path in folder.iterdir() if (path / ".hydra").is_dir()] if folder.is_dir() else []
+    )
+    return sorted(
+        jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def find_sweeps(root: str | Path) -> list[Path]:
+    """Folders under `root` that hold run folders, newest first (by their latest job's start)."""
+    started: dict[Path, float] = {}
+    for path in Path(root).glob("**/.hydra/overrides.yaml"):
+        sweep = path.parent.parent.parent
+        started[sweep] = max(started.get(sweep, 0.0), path.stat().st_mtime)
+    return sorted(started, key=started.__getitem__, reverse=True)
+
+
+def latest_sweep(root: str | Path = "multirun") -> Path | None:
+    """The newest multirun folder under `root`, or None."""
+    sweeps = find_sweeps(root)
+    return sweeps[0] if sweeps else None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+    except (yaml.YAMLError, OSError):
+        return None
+
+
+def _last_error(log_file: Path) -> str:
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+    errors = [line.split("[ERROR] - ", 1)[-1] for line in lines if "[ERROR]" in line]
+    return errors[-1] if errors else ""
+
+
+def load_job(folder: Path) -> Job:
+    """Read one run folder; a killed or broken run still gives a Job (with its status)."""
+    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    config = (
+        _read_yaml(folder / "config.yaml") or _read_yaml(folder / ".hydra" / "config.yaml") or {}
+    )
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError:
+        summary = {"status": "no summary (failed early or killed)"}
+    except (json.JSONDecodeError, OSError):
+        summary = {"status": "unreadable summary.json"}
+    if summary.get("status") != "finished" and not summary.get("error"):
+        summary["error"] = _last_error(folder / "run.log")
+    losses = []
+    if (folder / "losses.jsonl").exists():
+        for line in (folder / "losses.jsonl").read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+                losses.append(json.loads(line))
+    images = {key: folder / f"{key}.png" for key in ("final", "content", "style")}
+    return Job(
+        folder.name,
+        parse_overrides(overrides),
+        config,
+        summary,
+        losses,
+        {key: path for key, path in images.items() if path.exists()},
+    )
+
+
+def load_jobs(folder: str | Path) -> list[Job]:
+    """Every job of a multirun folder; ReportError (with a hint) when there are none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ReportError(
+            f"{folder}: no such folder; give a multirun folder such as multirun/<date>/<time>"
+        )
+    jobs = [load_job(path) for path in job_folders(folder)]
+    if not jobs:
+        inside = find_sweeps(folder)
+        hint = f"; the newest multirun in it is {inside[0]}" if inside else ""
+        raise ReportError(f"{folder}: no runs here (a run folder has a .hydra/ folder){hint}")
+    return jobs
+
+
+def split_run_name(name: str) -> list[str]:
+    """A W&B run name made by `stylelab.run.run_name` (`a=1,b=[0,5],c=x`) back into overrides."""
+    return [part for part in re.split(r",(?=[+~]?[\w.@/-]+=)", name or "") if "=" in part]
+
+
+def job_from_wandb(run: Any, download_dir: str | Path) -> Job:
+    """A Job from a W&B public-API run: config, summary, per-step losses (`scan_history`) and the
+    final/content/style images, downloaded into `download_dir/<run id>/`."""
+    summary = dict(run.summary_metrics)
+    summary.setdefault("status", run.state)
+    keys = ["step", *(f"loss/{term}" for term in (*LOSS_TERMS, "tv"))]
+    losses = [
+        {"step": row["step"], **{key.removeprefix("loss/"): row.get(key) for key in keys[1:]}}
+        for row in run.scan_history(keys=keys)
+    ]
+    job = Job(run.id, parse_overrides(split_run_name(run.name)), dict(run.config), summary, losses)
+    for key in TABLE_CONFIG:  # a renamed run still has its hyperparameters
+        if key not in job.overrides and job.value(key) is not None:
+            job.overrides[key] = str(job.value(key))
+    folder = Path(download_dir) / run.id
+    for key in ("final", "content", "style"):
+        media = summary.get(f"images/{key}")
+        if isinstance(media, dict) and media.get("path"):
+            run.file(media["path"]).download(root=str(folder), replace=True)
+            job.images[key] = folder / media["path"]
+    return job
+
+
+def jobs_from_wandb(path: str, group: str, download_dir: str | Path, api: Any = None) -> list[Job]:
+    """The runs of one W&B group (`entity/project`, e.g. `me/stylelab`), oldest first."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    runs = sorted(api.runs(path, filters={"group": group}), key=lambda run: str(run.created_at))
+    if not runs:
+        raise ReportError(f"W&B {path}: no runs in group {group}")
+    return [job_from_wandb(run, download_dir) for run in runs]
+
+
+def swept_keys(jobs: list[Job]) -> tuple[list[str], list[str]]:
+    """(axes, varying): override keys whose values differ across jobs, and of those the ones that
+    are not implied by an earlier key (e.g. `pair.content` set per `pair` is not an axis)."""
+    keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
+    keys = [key for key in keys if not key.startswith(IGNORED_KEYS)]
+    varying = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
+
+    def implies(a: str, b: str) -> bool:
+        seen: dict[str | None, str | None] = {}
+        return all(
+            seen.setdefault(job.overrides.get(a), job.overrides.get(b)) == job.overrides.get(b)
+            for job in jobs
+        )
+
+    axes: list[str] = []
+    for key in varying:
+        if not any(implies(axis, key) for axis in axes):
+            axes.append(key)
+    return axes, varying
+
+
+def label(value: str | None) -> str:
+    """A short display form: `1000000.0` -> `1e+06`, None -> `-`."""
+    if value is None:
+        return "-"
+    number = as_float(value)
+    return f"{number:g}" if number is not None and re.fullmatch(r"[-+0-9.eE]+", value) else value
+
+
+def choose_axes(
+    jobs: list[Job], rows: str | None, cols: str | None
+) -> tuple[str | None, str | None, list[str]]:
+    """(row key, column key, caption keys); one swept key gives a single row."""
+    axes, varying = swept_keys(jobs)
+    for option, key in (("--rows", rows), ("--cols", cols)):
+        if key and all(job.value(key) is None for job in jobs):
+            raise ReportError(
+                f"{option} {key}: no run has that key; the swept keys are {', '.join(varying) or 'none'}"
+            )
+    free = [key for key in axes if key not in (rows, cols)]
+    if rows is None and cols is None and len(free) == 1:
+        cols = free.pop(0)  # one swept key: a single row
+    if rows is None and free:
+        rows = free.pop(0)
+    if cols is None and free:
+        cols = free.pop(0)
+    return rows, cols, [key for key in varying if key not in (rows, cols)]
+
+
+def data_uri(path: Path) -> str:
+    mime = MIME.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def loss_figure(
+    jobs: list[Job],
+    run_label: Callable[[Job], str] | None = None,
+    terms: Iterable[str] = LOSS_TERMS,
+):
+    """A matplotlib Figure: one log-scale panel per loss term, one line per run (Agg, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    terms = list(terms)
+    run_label = run_label or (lambda job: job.name)
+    figure = Figure(figsize=(5 * len(terms), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(terms), squeeze=False)[0]
+    styles = ("-", "--", ":", "-.")
+    for ax, term in zip(axes, terms, strict=True):
+        positive = False
+        for i, job in enumerate(jobs):
+            steps, values = job.curve(term)
+            if steps:
+                ax.plot(
+                    steps,
+                    values,
+                    color=f"C{i % 10}",
+                    linestyle=styles[i // 10 % 4],
+                    marker="." if len(steps) < 20 else None,
+                    label=run_label(job),
+                )
+                positive = positive or any(v > 0 for v in values if math.isfinite(v))
+        if positive:
+            ax.set_yscale("log", nonpositive="mask")
+        ax.set(title=f"{term} loss", xlabel="step")
+        ax.grid(True, which="major", alpha=0.3)
+    if any(ax.lines for ax in axes):
+        figure.legend(
+            *axes[0].get_legend_handles_labels(),
+            loc="outside lower center",
+            ncol=min(len(jobs), 4),
+            fontsize="small",
+        )
+    return figure
+
+
+def figure_uri(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell(job: Job, caption_keys: list[str]) -> str:
+    caption = ", ".join(f"{key}={label(job.value(key))}" for key in caption_keys)
+    total = as_float(job.summary.get("final/total"))
+    detail = f"job {job.name}" + (f", total {total:.4g}" if total is not None else "")
+    if "final" in job.images and job.status == "finished":
+        body = f'<img src="{data_uri(job.images["final"])}" alt="job {html.escape(job.name)}">'
+    else:
+        body = f'<div class="failed"><b>{html.escape(job.status)}</b><br>{html.escape(job.error)}</div>'
+    text = "<br>".join(html.escape(part) for part in (caption, detail) if part)
+    return f"<figure>{body}<figcaption>{text}</figcaption></figure>"
+
+
+def grid_html(jobs: list[Job], rows: str | None = None, cols: str | None = None) -> str:
+    """The image grid as an HTML table (also usable in a notebook with IPython.display.HTML)."""
+    rows, cols, caption_keys = choose_axes(jobs, rows, cols)
+    row_values = list(dict.fromkeys(job.value(rows) for job in jobs)) if rows else [None]
+    col_values = list(dict.fromkeys(job.value(cols) for job in jobs)) if cols else [None]
+    corner = f"{html.escape(rows or '')} \\ {html.escape(cols or '')}" if rows else ""
+    head = "".join(
+        f"<th>{html.escape(f'{cols}={label(value)}' if cols else '')}</th>" for value in col_values
+    )
+    body = []
+    for row in row_values:
+        cells = []
+        for col in col_values:
+            found = [
+                j
+                for j in jobs
+                if (not rows or j.value(rows) == row) and (not cols or j.value(cols) == col)
+            ]
+            cells.append("<td>" + "".join(_cell(job, caption_keys) for job in found) + "</td>")
+        header = f"<th>{html.escape(f'{rows}={label(row)}')}</th>" if rows else ""
+        body.append(f"<tr>{header}{''.join(cells)}</tr>")
+    corner_cell = f"<th>{corner}</th>" if rows else ""
+    return f'<table class="grid"><tr>{corner_cell}{head}</tr>{"".join(body)}</table>'
+
+
+def inputs_html(jobs: list[Job]) -> str:
+    """The content and style image of each pair, once."""
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        if "content" in job.images:
+            seen.setdefault(job.value("pair.name") or job.name, job)
+    figures = [
+        f'<figure><img src="{data_uri(job.images[key])}" alt="{key}"><figcaption>{html.escape(pair)}: {key}</figcaption></figure>'
+        for pair, job in seen.items()
+        for key in ("content", "style")
+        if key in job.images
+    ]
+    return f'<div class="inputs">{"".join(figures)}</div>'
+
+
+def table_html(jobs: list[Job], keys: list[str]) -> str:
+    """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
+    columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
+    head = ["job", "status", *columns, *FINAL_KEYS, "error"]
+    rows = []
+    for job in jobs:
+        values = [job.value(key) for key in columns]
+        cells = [
+            f'<td data-sort="{html.escape(job.name)}">{html.escape(job.name)}</td>',
+            f"<td>{html.escape(job.status)}</td>",
+        ]
+        cells += [
+            f'<td data-sort="{html.escape(v or "")}">{html.escape(label(v))}</td>' for v in values
+        ]
+        for key in FINAL_KEYS:
+            number = as_float(job.summary.get(key))
+            text = f"{number:.4g}" if number is not None else ""
+            cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')
+        cells.append(f'<td class="error">{html.escape(job.error)}</td>')
+        css = "" if job.status == "finished" else ' class="bad"'
+        rows.append(f"<tr{css}>{''.join(cells)}</tr>")
+    header = "".join(f'<th title="click to sort">{html.escape(key)}</th>' for key in head)
+    return f'<table class="runs sortable"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
+.grid img{width:320px;display:block;cursor:zoom-in}.grid img.big{width:auto;max-width:none}
+img.losses{max-width:100%}.inputs img{max-height:160px;display:block}
+figure{margin:2px;display:inline-block;vertical-align:top}figcaption{font-size:12px;max-width:320px}
+.failed{width:200px;min-height:80px;background:#fee;padding:6px;font-size:12px}
+.failed,.error,figcaption{overflow-wrap:anywhere}
+.runs{font-size:13px}.runs th{cursor:pointer;background:#eee}.runs th[data-order=asc]::after{content:" \\25B2"}
+.runs th[data-order=desc]::after{content:" \\25BC"}tr.bad{background:#fee}.error{max-width:30em}"""
+
+SORT_SCRIPT = """document.querySelectorAll(".grid img").forEach(img => img.addEventListener("click", () => img.classList.toggle("big")));
+document.querySelectorAll("table.sortable th").forEach((th, i) => th.addEventListener("click", () => {
+  const table = th.closest("table"), body = table.tBodies[0], asc = th.dataset.order !== "asc";
+  table.querySelectorAll("th").forEach(h => delete h.dataset.order);
+  th.dataset.order = asc ? "asc" : "desc";
+  const key = row => { const c = row.cells[i], v = c.dataset.sort ?? c.textContent, n = Number(v);
+    return v === "" ? null : (isNaN(n) ? v : n); };
+  const cmp = (a, b) => a === null ? 1 : b === null ? -1 : (typeof a === typeof b ?
+    (a < b ? -1 : a > b ? 1 : 0) : (typeof a === "number" ? -1 : 1)) * (asc ? 1 : -1);
+  [...body.rows].sort((a, b) => cmp(key(a), key(b))).forEach(row => body.appendChild(row));
+}));"""
+
+
+def render(jobs: list[Job], title: str, rows: str | None = None, cols: str | None = None) -> str:
+    """The whole page as a string."""
+    row_key, col_key, captions = choose_axes(jobs, rows, cols)
+    keys = [key for key in (row_key, col_key, *captions) if key]
+    finished = sum(job.status == "finished" for job in jobs)
+    if any(job.losses for job in jobs):
+        figure = loss_figure(
+            jobs, lambda job: ", ".join(f"{k}={label(job.value(k))}" for k in keys) or job.name
+        )
+        losses = f'<img class="losses" src="{figure_uri(figure)}" alt="loss curves">'
+    else:
+        losses = "<p>No run recorded any losses.</p>"
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>{len(jobs)} runs, {finished} finished; swept: {html.escape(", ".join(keys) or "nothing")}. Written {stamp} by stylelab.report.</p>
+<h2>Outputs</h2>{grid_html(jobs, row_key, col_key)}
+<h2>Inputs</h2>{inputs_html(jobs)}
+<h2>Losses</h2>{losses}
+<h2>Runs</h2>{table_html(jobs, keys)}
+<script>{SORT_SCRIPT}</script></body></html>
+"""
+
+
+def write_report(
+    sweep: str | Path,
+    out: str | Path | None = None,
+    rows: str | None = None,
+    cols: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write the report of the multirun folder `sweep` (default `<sweep>/report.html`); returns its path."""
+    jobs = load_jobs(sweep)
+    out_path = Path(out).expanduser() if out else Path(sweep).expanduser() / "report.html"
+    page = render(jobs, title or f"stylelab sweep {Path(sweep)}", rows, cols)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise ReportError(f"cannot write {out_path}: {error.strerror or error}") from None
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`stylelab-report` / `python -m stylelab.report`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="stylelab-report", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sweep", help="a multirun folder (multirun/<date>/<time>) or one run folder"
+    )
+    parser.add_argument("--out", help="the HTML file to write (default: <sweep>/report.html)")
+    parser.add_argument(
+        "--rows", help="the key whose values make the grid's rows (default: the first swept key)"
+    )
+    parser.add_argument(
+        "--cols", help="the key whose values make the grid's columns (default: the second)"
+    )
+    parser.add_argument("--title", help="the page title")
+    args = parser.parse_args(argv)
+    try:
+        out = write_report(args.sweep, args.out, args.rows, args.cols, args.title)
+    except ReportError as error:
+        print(f"stylelab-report: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
