@@ -7,10 +7,24 @@ from typing import Any
 
 import torch
 
+from stylelab.cuda_graph import GraphedStep
 from stylelab.losses import GatysLoss
 from stylelab.optim import make_optimizer
 
 INITS = ("content", "noise", "style", "image")
+
+
+def default_precision(device: torch.device) -> str:
+    """`precision=auto`: bf16 where the hardware computes it natively (CUDA; CPUs with
+    AVX512-BF16 or AMX: forward + backward 1.6x faster than fp32 on a Zen 4), else fp32."""
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu":
+        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return (
+            "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in native) else "fp32"
+        )
+    return "fp32"
 
 
 def initial_image(
@@ -39,8 +53,12 @@ def initial_image(
 class Synthesizer:
     """Holds the image being optimised and its optimiser; `step()` does one evaluation.
 
-    `precision="bf16"` runs the VGG forward and backward under bfloat16 autocast on CUDA;
-    Gram matrices and losses are always fp32.
+    `precision="bf16"` runs the VGG forward and backward under bfloat16 autocast; Gram
+    matrices and losses are always fp32. `cuda_graph` (default: on for CUDA) replays each
+    whole step (forward, backward, optimiser update, clamp) as one CUDA graph after three
+    eager warm-up steps; elsewhere steps run eagerly. `history_dtype="bf16"` stores the L-BFGS
+    history in bfloat16: half its memory and half the optimiser's memory traffic; `auto` does
+    so on CUDA with bf16 precision, where the gradients themselves come from bf16 arithmetic.
     """
 
     def __init__(
@@ -51,18 +69,29 @@ class Synthesizer:
         lr: float = 1.0,
         history_size: int = 100,
         precision: str = "fp32",
+        cuda_graph: bool | None = None,
+        history_dtype: str = "auto",
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
         self.loss = loss
         self.image = image.detach().clone().contiguous()
-        self.optimizer = make_optimizer(optimizer, self.image, lr=lr, history_size=history_size)
+        on_cuda = self.image.device.type == "cuda"
+        use_graph = on_cuda and (cuda_graph is None or cuda_graph)
+        if history_dtype == "auto":
+            history_dtype = "bf16" if on_cuda and precision == "bf16" else "fp32"
+        self.optimizer = make_optimizer(
+            optimizer, self.image, lr=lr, history_size=history_size,
+            history_dtype=history_dtype, capturable=use_graph,
+        )  # fmt: skip
         self.precision = precision
         self.step_count = 0
+        self.keys: list[str] = []
+        self.graph = GraphedStep(self._step) if use_graph else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(self.image.device.type, dtype=torch.bfloat16)
+        if self.precision == "bf16":  # no weight cache: each weight is cast once per step anyway
+            return torch.autocast(self.image.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -73,21 +102,27 @@ class Synthesizer:
         (grad,) = torch.autograd.grad(terms["total"], image)
         return {key: value.detach() for key, value in terms.items()}, grad
 
+    def _step(self) -> torch.Tensor:
+        """One evaluation and update, in place; the loss terms stacked in one tensor."""
+        terms, grad = self.evaluate()
+        self.optimizer.step(grad)
+        with torch.no_grad():
+            self.image.clamp_(0, 1)
+        self.keys = list(terms)
+        return torch.stack([value.float() for value in terms.values()])
+
     def step(self) -> dict[str, torch.Tensor]:
         """Evaluate, update the image, keep pixels in [0, 1]; returns the evaluated loss terms.
 
         Nothing here waits for the device: the returned tensors are read back by the caller.
         """
-        terms, grad = self.evaluate()
-        self.optimizer.step(grad)
-        with torch.no_grad():
-            self.image.clamp_(0, 1)
+        values = self.graph() if self.graph is not None else self._step()
         self.step_count += 1
-        return terms
+        return dict(zip(self.keys, values.unbind(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "image": self.image.detach().cpu(),
+            "image": self.image.detach().cpu().clone(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step_count,
         }
@@ -97,3 +132,5 @@ class Synthesizer:
         if state.get("optimizer") is not None:  # else: the optimiser starts afresh from this image
             self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["step"])
+        if self.graph is not None:  # Adam replaces its state tensors: capture again
+            self.graph.reset()

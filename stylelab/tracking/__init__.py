@@ -1,8 +1,8 @@
 """Experiment tracking behind one small interface (`Tracker`); the engine never imports W&B."""
 
-from stylelab.tracking.base import MultiTracker, NullTracker, RunInfo, Tracker
+from stylelab.tracking.base import BackgroundTracker, NullTracker, RunInfo, Tracker
 
-__all__ = ["MultiTracker", "NullTracker", "RunInfo", "Tracker", "make_tracker"]
+__all__ = ["BackgroundTracker", "NullTracker", "RunInfo", "Tracker", "make_tracker"]
 
 
 def make_tracker(name: str, **options) -> Tracker:
@@ -12,5 +12,5 @@ def make_tracker(name: str, **options) -> Tracker:
     if name == "wandb":
         from stylelab.tracking.wandb_tracker import WandbTracker
 
-        return WandbTracker(**options)
+        return BackgroundTracker(WandbTracker(**options))
     raise ValueError(f"unknown logger '{name}': use wandb or none")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,26 +58,44 @@ class NullTracker(Tracker):
     """Tracks nothing (`logger=none`)."""
 
 
-class MultiTracker(Tracker):
-    """Fans every call out to several trackers."""
+class BackgroundTracker(Tracker):
+    """Forwards `log_metrics`/`log_image` to `inner` from one worker thread, in order, so the
+    synthesis never waits for the tracker (W&B at default settings: +58% loop time inline,
+    -0.4% in the background, measured on an H100; benchmarks/RESULTS.md)."""
 
-    def __init__(self, *trackers: Tracker):
-        self.trackers = list(trackers)
+    def __init__(self, inner: Tracker):
+        self.inner = inner
+        self.queue: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def run_id(self) -> str | None:  # type: ignore[override]
+        return self.inner.run_id
 
     def start(self, info: RunInfo) -> None:
-        for tracker in self.trackers:
-            tracker.start(info)
+        self.inner.start(info)
+        self.thread = threading.Thread(target=self._work, name="tracker", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            method, args = item
+            try:
+                method(*args)
+            except Exception as error:  # a tracker problem never stops the synthesis
+                log.warning("tracker call failed: %s", error)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        for tracker in self.trackers:
-            tracker.log_metrics(step, metrics)
+        self.queue.put((self.inner.log_metrics, (step, metrics)))
 
     def log_image(
         self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
     ) -> None:
-        for tracker in self.trackers:
-            tracker.log_image(key, image, step, caption)
+        self.queue.put((self.inner.log_image, (key, image, step, caption)))
 
     def finish(self, exit_code, summary, final_image=None, gif_path=None, inputs=None) -> None:
-        for tracker in self.trackers:
-            tracker.finish(exit_code, summary, final_image, gif_path, inputs)
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self.inner.finish(exit_code, summary, final_image, gif_path, inputs)
