@@ -14,6 +14,12 @@ from omegaconf import DictConfig
 from stylelab.outputs import SUMMARY_FILE
 
 log = logging.getLogger("stylelab")
+# A job folder without summary.json: the run never got to write one (killed outright).
+KILLED = {
+    "status": "killed",
+    "error": "no summary.json, the job ended without writing one (SIGKILL, out of memory, "
+    "node failure or a time limit without requeue); see its run.log",
+}
 
 
 def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -34,11 +40,7 @@ def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     for job in jobs:
         path = job / SUMMARY_FILE
         try:
-            summary = (
-                json.loads(path.read_text())
-                if path.exists()
-                else {"status": "no summary (killed?)"}
-            )
+            summary = json.loads(path.read_text()) if path.exists() else KILLED
         except json.JSONDecodeError:
             summary = {"status": "unreadable summary"}
         results.append((job, summary))

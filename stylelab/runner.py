@@ -30,7 +30,7 @@ from stylelab.images import pil_to_tensor, resize_long_side, tensor_to_uint8
 from stylelab.losses import GatysLoss
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.sources import load_source
-from stylelab.synthesis import INITS, Synthesizer, initial_image
+from stylelab.synthesis import INITS, Synthesizer, default_precision, initial_image
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived during the run; the state was checkpointed."""
+    """SIGINT, SIGTERM or SIGUSR2 arrived during the run; the state was checkpointed."""
 
     def __init__(self, signum: int, step: int = -1):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
@@ -125,18 +125,30 @@ def out_of_memory(cfg: Config) -> StyleLabError:
     )
 
 
+# SIGUSR2: the warning SLURM sends (through submitit's `--signal=USR2@<signal_delay_s>`) before
+# a job's time limit; absent on Windows.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name)
+)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (restored afterwards)."""
+    """Turn SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks between steps (restored afterwards).
+
+    A second signal of a kind already received (Ctrl-C twice) stops at once; a different one
+    (SLURM's TERM after its USR2) does not interrupt the checkpoint under way.
+    """
     received: list[int] = []
 
     def handler(signum, frame):
-        if received:  # a second signal: stop now
+        if signum in received:  # the same signal again: stop now
             raise KeyboardInterrupt
-        received.append(signum)
+        if not received:
+            received.append(signum)
 
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[signum] = signal.signal(signum, handler)
     try:
@@ -179,7 +191,7 @@ def run_synthesis(
 
     The tracker run is always finished: exit code 0 on success, 1 on failure, 128+signal
     when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
-    and `Interrupted` after SIGINT/SIGTERM (with a checkpoint saved in `run_dir`).
+    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`).
     """
     folder = RunFolder(run_dir)
     checkpoint = folder.load_checkpoint() if cfg.resume else None
@@ -188,34 +200,40 @@ def run_synthesis(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
     info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
-    tracker.start(info)
-    started = time.perf_counter()
-    try:
-        validate(cfg)
+    # From here on a signal only sets a flag: the loop checkpoints at its next step.
+    with stop_on_signals() as received:
+        tracker.start(info)
+        started = time.perf_counter()
         try:
-            return _synthesize(cfg, folder, tracker, checkpoint)
-        except torch.OutOfMemoryError:
-            raise out_of_memory(cfg) from None
-    except BaseException as error:
-        interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
-        exit_code = getattr(error, "exit_code", EXIT_INTERRUPTED) if interrupted else EXIT_FAILED
-        summary = {
-            "status": "interrupted" if interrupted else "failed",
-            "error": str(error) or type(error).__name__,
-            "seconds": time.perf_counter() - started,
-        }
-        folder.write_summary(summary)
-        tracker.finish(exit_code, summary)
-        raise
+            validate(cfg)
+            try:
+                return _synthesize(cfg, folder, tracker, checkpoint, received)
+            except torch.OutOfMemoryError:
+                raise out_of_memory(cfg) from None
+        except BaseException as error:
+            interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
+            exit_code = (
+                getattr(error, "exit_code", EXIT_INTERRUPTED) if interrupted else EXIT_FAILED
+            )
+            summary = {
+                "status": "interrupted" if interrupted else "failed",
+                "error": str(error) or type(error).__name__,
+                "seconds": time.perf_counter() - started,
+            }
+            folder.write_summary(summary)
+            tracker.finish(exit_code, summary)
+            raise
 
 
 def _synthesize(
-    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None
+    cfg: Config,
+    folder: RunFolder,
+    tracker: Tracker,
+    checkpoint: dict | None,
+    received: list[int],
 ) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    precision = (
-        cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    )
+    precision = cfg.precision if cfg.precision != "auto" else default_precision(device)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -318,7 +336,7 @@ def _synthesize(
         file=sys.stderr,
         disable=None,
     )
-    with stop_on_signals() as received, progress:
+    with progress:
         while synth.step_count < cfg.steps:
             step = synth.step_count
             if step % cfg.log.image_every == 0:

@@ -148,8 +148,11 @@ class WandbTracker(Tracker):
         except Exception as error:
             log.warning("W&B: could not log the final records (%s)", error)
         finally:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
+            run, self.run = self.run, None
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as error:  # e.g. wandb-core already gone after a SIGTERM
+                log.warning("W&B: could not finish the run cleanly (%s)", error)
 
     def _table(
         self, final_image: np.ndarray, inputs: dict[str, np.ndarray], summary: dict[str, Any]

@@ -1,0 +1,1 @@
+"""stylelab's Hydra launchers (Hydra instantiates launchers only from `hydra_plugins.*`)."""

@@ -1,0 +1,164 @@
+"""submitit launchers that wait for every job: a job that dies does not stop the sweep.
+
+The plugin's `launch()` ends with `[job.results()[0] for job in jobs]`, which raises on the first
+job that left no result (killed with `scancel --signal=KILL`, out of memory, node failure), before
+the other jobs end and before the `on_multirun_end` callbacks run. These subclasses wrap the jobs
+the executor returns: a dead job becomes a completed `JobReturn` with return value inf (what a
+failed run returns in a multirun) plus an error line naming the cluster job, its state and the
+job folder. `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
+
+
+class WatchedJob:
+    """A submitted job whose `results()` waits for it to end and never raises."""
+
+    def __init__(self, job: Any, launcher: WaitForEveryJob, overrides: Sequence[str], num: int):
+        self.job, self.launcher, self.overrides, self.num = job, launcher, list(overrides), num
+
+    def results(self) -> list[JobReturn]:
+        next_check = time.monotonic() + POLL_S
+        while not self.job.done(force_check=time.monotonic() >= next_check):
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + POLL_S
+            time.sleep(1)
+        try:
+            return self.job.results()
+        except Exception as error:  # no result (killed) or an error outside the task function
+            return [self.launcher.dead_job(self, error)]
+
+
+class WaitForEveryJob:
+    """Mixin for the plugin's launchers: every job is waited for; a dead one returns inf."""
+
+    _EXECUTOR: str
+    config: DictConfig | None
+    hydra_context: HydraContext | None
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        import submitit
+
+        map_array = submitit.AutoExecutor.map_array
+
+        def watched_map_array(executor: Any, fn: Any, *iterables: Sequence[Any]) -> list[Any]:
+            jobs = map_array(executor, fn, *iterables)
+            overrides, nums = iterables[0], iterables[2]  # (overrides, dir key, num, id, state)
+            return [
+                WatchedJob(job, self, job_args, num)
+                for job, job_args, num in zip(jobs, overrides, nums, strict=True)
+            ]
+
+        with mock.patch.object(submitit.AutoExecutor, "map_array", watched_map_array):
+            return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
+
+    def dead_job(self, watched: WatchedJob, error: Exception) -> JobReturn:
+        """The `JobReturn` of a job that ended without a result; logs why."""
+        job = watched.job
+        job_dir = self.job_dir(watched.overrides, watched.num, job.job_id)
+        hydra_dir = job_dir / ".hydra"
+        if not hydra_dir.is_dir():  # never started: give the end-of-sweep summary a folder
+            hydra_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(watched.overrides), hydra_dir / "overrides.yaml")
+        where = "SLURM job" if self._EXECUTOR == "slurm" else f"{self._EXECUTOR} job"
+        log.error(
+            "job #%d (%s %s) died: state %s, %s; job folder %s; submitit log %s",
+            watched.num,
+            where,
+            job.job_id,
+            job.state,
+            reason(error),
+            job_dir,
+            job.paths.stderr,
+        )
+        assert self.config is not None
+        return JobReturn(
+            overrides=watched.overrides,
+            working_dir=str(job_dir),
+            task_name=self.config.hydra.job.name,
+            status=JobStatus.COMPLETED,
+            _return_value=math.inf,
+        )
+
+    def job_dir(self, overrides: Sequence[str], num: int, job_id: str) -> Path:
+        """The job's output folder, as Hydra computes it inside the job."""
+        assert self.config is not None and self.hydra_context is not None
+        with contextlib.suppress(Exception):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg.hydra.job):
+                cfg.hydra.job.num, cfg.hydra.job.id = num, job_id
+            return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        return Path(str(self.config.hydra.sweep.dir)) / str(num)
+
+
+def reason(error: Exception) -> str:
+    """One line on why a job has no result: the exception it raised, or "no result file"."""
+    from submitit.core.utils import FailedJobError
+
+    if isinstance(error, FailedJobError):  # the trace sits between two rulers of dashes
+        parts = str(error).split("-" * 22)
+        lines = [line.strip() for line in (parts[1] if len(parts) > 2 else "").splitlines()]
+        return next((line for line in reversed(lines) if line), "it raised an exception")
+    return "no result file: killed, out of memory or lost with its node"
+
+
+class SlurmLauncher(WaitForEveryJob, plugin.SlurmLauncher):
+    """`submitit_slurm`, waiting for every job, with one W&B service per job outside its step."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        setup = self.params.get("setup")
+        self.params["setup"] = [*(setup or []), *wandb_service_setup(sys.executable)]
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        finally:
+            self.params["setup"] = setup
+
+
+def wandb_service_setup(python: str) -> list[str]:
+    """Batch-script lines that start the job's wandb-core before (and outside) its job step.
+
+    SLURM delivers `scancel --signal=TERM` and preemption's SIGTERM to every process of the job
+    steps, and wandb-core exits at once on SIGTERM, losing what it has not written yet
+    (wandb/wandb#9963), so the run could not checkpoint into W&B. A detached wandb-core started
+    by the batch script is not in the step; `WANDB_SERVICE` points the job at it. If it cannot
+    start, the job starts its own as usual.
+    """
+    py = shlex.quote(python)
+    return [
+        "# stylelab: the job's W&B service, outside the job step (SIGTERM to the step spares it)",
+        "unset WANDB_SERVICE",
+        f"if WANDB_SERVICE=$({py} -m wandb beta core start --idle-timeout 30m 2>/dev/null); then",
+        "  export WANDB_SERVICE",
+        f'  trap "{py} -m wandb beta core stop >/dev/null 2>&1" EXIT',
+        "  trap 'exit 143' TERM",
+        "else",
+        "  unset WANDB_SERVICE",
+        "fi",
+    ]
+
+
+class LocalLauncher(WaitForEveryJob, plugin.LocalLauncher):
+    """`submitit_local`, waiting for every job."""
