@@ -6,8 +6,6 @@ import json
 import logging
 import math
 import os
-import signal
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +22,7 @@ from stylelab.config import Config
 from stylelab.errors import StyleLabError
 from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
 from stylelab.runner import EXIT_FAILED, Interrupted, run_synthesis
+from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
 
 log = logging.getLogger("stylelab")
@@ -77,53 +76,6 @@ def was_interrupted(run_dir: Path) -> bool:
         return False
 
 
-def submitit_requeue(error: Interrupted) -> bool:
-    """In a submitit SLURM job: hand over to submitit, which requeues the job and exits.
-
-    submitit's handler for its preemption signal (USR2) is back in place once the loop has
-    checkpointed; calling it resubmits this Hydra job (the launcher's `checkpoint()`), runs
-    `scontrol requeue` and exits. The requeued job runs in the same job folder, where
-    `was_interrupted` makes it resume. A job that is being cancelled (`scancel`: SIGTERM, then
-    SIGKILL) is not requeued. Returns False outside such a job, True when it was not requeued
-    (the reason logged).
-    """
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not job:
-        return False
-    from submitit.core.job_environment import JobEnvironment, SignalHandler
-    from submitit.core.utils import UncompletedJobError
-
-    handler = signal.getsignal(JobEnvironment._usr_sig())
-    if getattr(handler, "__func__", None) is not SignalHandler.checkpoint_and_try_requeue:
-        return False
-    state = slurm_job_state(job)
-    if state not in (None, "RUNNING"):  # e.g. COMPLETING: scancel, not a preemption
-        log.error("SLURM job %s is %s (cancelled): not requeued", job, state)
-        return True
-    log.info("SLURM job %s: requeueing it through submitit", job)
-    try:
-        handler(error.signum, None)  # requeues, then sys.exit
-    except (UncompletedJobError, subprocess.SubprocessError) as declined:
-        log.error("SLURM job %s not requeued: %s", job, declined)
-        return True
-    return False
-
-
-def slurm_job_state(job: str) -> str | None:
-    """The job's state as squeue reports it (RUNNING, COMPLETING, ...), None if unknown."""
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
     key = error.full_key or "a required key"
     pair = cfg.pair.get("name", "?") if "pair" in cfg else "?"
@@ -138,9 +90,8 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        if not cfg.resume and was_interrupted(
-            run_dir
-        ):  # e.g. a SLURM job requeued after preemption
+        # A requeued job (SLURM preemption, time limit) finds its interrupted run and resumes it.
+        if not cfg.resume and was_interrupted(run_dir):
             log.info("%s holds an interrupted run: resuming it", run_dir)
             cfg.resume = str(run_dir)
         if cfg.resume:
