@@ -40,7 +40,7 @@ def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     for job in jobs:
         path = job / SUMMARY_FILE
         try:
-            summary = json.loads(path.read_text()) if path.exists() else KILLED
+            summary = json.loads(path.read_text()) if path.exists() else dict(KILLED)
         except json.JSONDecodeError:
             summary = {"status": "unreadable summary"}
         results.append((job, summary))

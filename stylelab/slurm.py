@@ -18,9 +18,9 @@ def submitit_requeue(error: Interrupted) -> bool:
     submitit's handler for its preemption signal (USR2) is back in place once the loop has
     checkpointed; calling it resubmits this Hydra job (the launcher's `checkpoint()`), runs
     `scontrol requeue` and exits. The requeued job runs in the same job folder, where
-    `stylelab.run.was_interrupted` makes it resume. A job that is being cancelled (`scancel`: SIGTERM, then
-    SIGKILL) is not requeued. Returns False outside such a job, True when it was not requeued
-    (the reason logged).
+    `stylelab.run.was_interrupted` makes it resume. A job that is being cancelled (`scancel`:
+    SIGTERM, then SIGKILL) is not requeued. Returns False outside such a job, True when it was
+    not requeued (the reason logged).
     """
     job = os.environ.get("SLURM_JOB_ID")
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not job:

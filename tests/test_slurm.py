@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import pytest
 
+from stylelab.slurm import slurm_job_state
 from tests.conftest import ROOT, records_of, run_cli, wandb_records, wandb_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -160,17 +161,10 @@ def job_id(sweep_dir: Path, num: int | None = None) -> str:
     return found
 
 
-def job_is_pending(job: str) -> bool:
-    out = subprocess.run(
-        ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=60
-    )
-    return out.stdout.strip() == "PENDING"
-
-
 def preempt(job: str, signum: signal.Signals, sweep_dir: Path) -> None:
     """Send `signum` to the job's step; once submitit requeued it, start it at once."""
     subprocess.run(["scancel", f"--signal={signum.name[3:]}", job], check=True, timeout=60)
-    wait_for(f"job {job} to be requeued", lambda: job_is_pending(job), 60, sweep_dir)
+    wait_for(f"job {job} to be requeued", lambda: slurm_job_state(job) == "PENDING", 60, sweep_dir)
     # A requeued job waits ~120 s (BeginTime) unless told otherwise.
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
 
