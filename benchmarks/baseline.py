@@ -138,7 +138,7 @@ def run_style_transfer(
 
 def tutorial_layer_names(style: list[int], content: list[int]) -> tuple[list[str], list[str]]:
     """torchvision `features` indices of conv layers -> the tutorial's names (`conv_N`)."""
-    from stylelab.features import LAYER_NAMES
+    from stylelab.engine.features import LAYER_NAMES
 
     convs = [index for index, name in enumerate(LAYER_NAMES) if name.startswith("conv")]
     names = {index: f"conv_{number}" for number, index in enumerate(convs, start=1)}

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from benchmarks import baseline
-from stylelab.features import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, load_vgg19_features
-from stylelab.losses import GatysLoss
+from stylelab.engine.features import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, load_vgg19_features
+from stylelab.engine.losses import GatysLoss
+from stylelab.engine.synthesis import Synthesizer, default_precision, initial_image
 from stylelab.runner import LossBuffer
-from stylelab.synthesis import Synthesizer, default_precision, initial_image
 
 STYLE_LAYERS, CONTENT_LAYERS = [0, 5, 10, 19, 28], [25]
 FLUSH_EVERY = 10  # the runner's default log.flush_every
@@ -148,7 +148,7 @@ def run_baseline(problem: Problem, evals: int, freeze: bool = False) -> dict:
 
 
 def engine_precision(device: torch.device, precision: str = "auto") -> str:
-    """precision=auto as `stylelab.synthesis.default_precision` decides it."""
+    """precision=auto as `stylelab.engine.synthesis.default_precision` decides it."""
     return default_precision(device) if precision == "auto" else precision
 
 

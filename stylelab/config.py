@@ -11,6 +11,9 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from stylelab.engine.synthesis import INITS
+from stylelab.errors import StyleLabError
+
 
 @dataclass
 class PairConfig:
@@ -90,3 +93,36 @@ class Config:
     resume: str | None = None  # a run folder to continue from its checkpoint
     cache_dir: str | None = None  # downloaded images (default ~/.cache/stylelab)
     debug: bool = False  # show tracebacks for errors
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that would fail later, with one line saying what to change."""
+    checks = [
+        (cfg.steps >= 1, f"steps={cfg.steps}: must be at least 1"),
+        (cfg.image_size >= 1, f"image_size={cfg.image_size}: must be a positive number of pixels"),
+        (
+            cfg.style_size is None or cfg.style_size >= 1,
+            f"style_size={cfg.style_size}: must be positive",
+        ),
+        (cfg.content_weight >= 0, f"content_weight={cfg.content_weight}: must be >= 0"),
+        (cfg.style_weight >= 0, f"style_weight={cfg.style_weight}: must be >= 0"),
+        (cfg.tv_weight >= 0, f"tv_weight={cfg.tv_weight}: must be >= 0"),
+        (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be > 0"),
+        (cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"),
+        (cfg.optim.history_size >= 1, f"optim.history_size={cfg.optim.history_size}: must be >= 1"),
+        (cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"),
+        (cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"),
+        (
+            cfg.precision in ("auto", "fp32", "bf16"),
+            f"precision={cfg.precision}: use auto, fp32 or bf16",
+        ),
+        (cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"),
+        (cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"),
+        (
+            cfg.log.checkpoint_every >= 0,
+            f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise StyleLabError(message)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylelab.images import save_png, write_gif
+from stylelab.engine.images import save_png, write_gif
 
 LOSSES_FILE = "losses.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -21,7 +21,8 @@ from omegaconf.errors import MissingMandatoryValue
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
 from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
-from stylelab.runner import EXIT_FAILED, Interrupted, run_synthesis
+from stylelab.runner import EXIT_FAILED, run_synthesis
+from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
 

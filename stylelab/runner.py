@@ -6,15 +6,11 @@ Free of Hydra and W&B: the CLI (`stylelab.run`) builds the config and the tracke
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import resource
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,65 +18,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from stylelab.config import Config
-from stylelab.device import resolve_device
+from stylelab.config import Config, validate
+from stylelab.engine.device import resolve_device
+from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
+from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
+from stylelab.engine.losses import GatysLoss
+from stylelab.engine.sources import load_source
+from stylelab.engine.synthesis import Synthesizer, default_precision, initial_image
 from stylelab.errors import DivergenceError, ImageError, StyleLabError
-from stylelab.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
-from stylelab.images import pil_to_tensor, resize_long_side, tensor_to_uint8
-from stylelab.losses import GatysLoss
 from stylelab.outputs import FINAL_IMAGE, RunFolder
-from stylelab.sources import load_source
-from stylelab.synthesis import INITS, Synthesizer, default_precision, initial_image
+from stylelab.signals import Interrupted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
-
-class Interrupted(Exception):
-    """SIGINT, SIGTERM or SIGUSR2 arrived during the run; the state was checkpointed."""
-
-    def __init__(self, signum: int, step: int = -1):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-def validate(cfg: Config) -> None:
-    """Reject values that would fail later, with one line saying what to change."""
-    checks = [
-        (cfg.steps >= 1, f"steps={cfg.steps}: must be at least 1"),
-        (cfg.image_size >= 1, f"image_size={cfg.image_size}: must be a positive number of pixels"),
-        (
-            cfg.style_size is None or cfg.style_size >= 1,
-            f"style_size={cfg.style_size}: must be positive",
-        ),
-        (cfg.content_weight >= 0, f"content_weight={cfg.content_weight}: must be >= 0"),
-        (cfg.style_weight >= 0, f"style_weight={cfg.style_weight}: must be >= 0"),
-        (cfg.tv_weight >= 0, f"tv_weight={cfg.tv_weight}: must be >= 0"),
-        (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be > 0"),
-        (cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"),
-        (cfg.optim.history_size >= 1, f"optim.history_size={cfg.optim.history_size}: must be >= 1"),
-        (cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"),
-        (cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"),
-        (
-            cfg.precision in ("auto", "fp32", "bf16"),
-            f"precision={cfg.precision}: use auto, fp32 or bf16",
-        ),
-        (cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"),
-        (cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"),
-        (
-            cfg.log.checkpoint_every >= 0,
-            f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise StyleLabError(message)
 
 
 def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,39 +75,6 @@ def out_of_memory(cfg: Config) -> StyleLabError:
         f"out of memory on {cfg.device} at image_size={cfg.image_size} (needs roughly {need:.1f} GiB "
         "for a square image): lower image_size, or use optim.history_size=10, optim=adam or precision=bf16"
     )
-
-
-# SIGUSR2: the warning SLURM sends (through submitit's `--signal=USR2@<signal_delay_s>`) before
-# a job's time limit; absent on Windows.
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name)
-)
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks between steps (restored afterwards).
-
-    A second signal of a kind already received (Ctrl-C twice) stops at once; a different one
-    (SLURM's TERM after its USR2) does not interrupt the checkpoint under way.
-    """
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if signum in received:  # the same signal again: stop now
-            raise KeyboardInterrupt
-        if not received:
-            received.append(signum)
-
-    previous = {}
-    for signum in STOP_SIGNALS:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[signum] = signal.signal(signum, handler)
-    try:
-        yield received
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 class LossBuffer:

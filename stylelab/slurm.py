@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from stylelab.runner import Interrupted
+from stylelab.signals import Interrupted
 
 log = logging.getLogger("stylelab")
 

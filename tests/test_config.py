@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import stylelab.run  # noqa: F401  (registers the schema)
 from stylelab.config import Config
-from stylelab.features import parse_layers
+from stylelab.engine.features import parse_layers
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylelab.device import resolve_device
+from stylelab.engine.device import resolve_device
 from stylelab.errors import DeviceError
 
 

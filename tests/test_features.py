@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylelab.errors import LayerError, WeightsError
-from stylelab.features import (
+from stylelab.engine.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LAYER_NAMES,
@@ -24,6 +23,7 @@ from stylelab.features import (
     parse_layer,
     parse_layers,
 )
+from stylelab.errors import LayerError, WeightsError
 
 HUB_FILE = "vgg19-dcbb9e9d.pth"
 
@@ -250,7 +250,7 @@ def test_random_weights_seeded_and_loud(
     """Same seed -> identical weights, another seed -> different; global RNG untouched;
     each load logs a warning naming the seed."""
     before = torch.random.get_rng_state()
-    with caplog.at_level(logging.WARNING, logger="stylelab.features"):
+    with caplog.at_level(logging.WARNING, logger="stylelab.engine.features"):
         again = load_vgg19_features("random", seed=0)
         assert torch.equal(torch.random.get_rng_state(), before)
         other = load_vgg19_features("random", seed=7)

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylelab.errors import ImageError
-from stylelab.images import (
+from stylelab.engine.images import (
     open_image,
     pil_to_tensor,
     resize_long_side,
@@ -20,6 +19,7 @@ from stylelab.images import (
     to_rgb,
     write_gif,
 )
+from stylelab.errors import ImageError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 PALETTE = [*RED, *GREEN, *BLUE] + [0] * (256 * 3 - 9)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylelab.features import VGGFeatures
-from stylelab.losses import ContentLoss, GatysLoss, StyleLoss, TVLoss, gram_matrix
+from stylelab.engine.features import VGGFeatures
+from stylelab.engine.losses import ContentLoss, GatysLoss, StyleLoss, TVLoss, gram_matrix
 
 STYLE_LAYERS = [0, 5]  # conv1_1, conv2_1
 CONTENT_LAYERS = [25]  # conv4_4

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from stylelab.optim import LBFGS, Adam, make_optimizer
+from stylelab.engine.optim import LBFGS, Adam, make_optimizer
 
 CUDA = torch.cuda.is_available()
 
@@ -134,9 +134,9 @@ def test_make_optimizer_rejects_unknown() -> None:
 
 
 def tiny_synthesizer(device: str, optimizer: str, precision: str, cuda_graph: bool | None):
-    from stylelab.features import VGGFeatures, load_vgg19_features
-    from stylelab.losses import GatysLoss
-    from stylelab.synthesis import Synthesizer
+    from stylelab.engine.features import VGGFeatures, load_vgg19_features
+    from stylelab.engine.losses import GatysLoss
+    from stylelab.engine.synthesis import Synthesizer
 
     generator = torch.Generator().manual_seed(0)
     content, style = (torch.rand(1, 3, 48, 48, generator=generator).to(device) for _ in range(2))

@@ -10,7 +10,7 @@ from submitit.core.job_environment import JobEnvironment, SignalHandler
 from submitit.core.utils import UncompletedJobError
 
 from stylelab import slurm
-from stylelab.runner import Interrupted
+from stylelab.signals import Interrupted
 
 INTERRUPTED = Interrupted(signal.SIGTERM, step=7)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stylelab.engine.sources import SKIMAGE_PHOTOS, default_cache_dir, download, load_source
 from stylelab.errors import ImageError
-from stylelab.sources import SKIMAGE_PHOTOS, default_cache_dir, download, load_source
 
 
 def png_bytes(seed: int = 0) -> tuple[bytes, np.ndarray]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from stylelab.features import VGGFeatures, load_vgg19_features
-from stylelab.losses import GatysLoss
-from stylelab.optim import make_optimizer
-from stylelab.synthesis import INITS, Synthesizer, initial_image
+from stylelab.engine.features import VGGFeatures, load_vgg19_features
+from stylelab.engine.losses import GatysLoss
+from stylelab.engine.optim import make_optimizer
+from stylelab.engine.synthesis import INITS, Synthesizer, initial_image
 
 APPROACH1 = ([0, 5, 10, 19, 28], [25])  # (style, content): the write-up's approach1
 SHALLOW = ([0, 5, 10], [12])  # conv1_1..conv3_1 and conv3_2: ~4x cheaper, for the other tests

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from stylelab.cuda_graph import GraphedStep
-from stylelab.losses import GatysLoss
-from stylelab.optim import make_optimizer
+from stylelab.engine.cuda_graph import GraphedStep
+from stylelab.engine.losses import GatysLoss
+from stylelab.engine.optim import make_optimizer
 
 INITS = ("content", "noise", "style", "image")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylelab.features import VGGFeatures, layer_name
+from stylelab.engine.features import VGGFeatures, layer_name
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:

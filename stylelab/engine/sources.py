@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from stylelab.engine.images import open_image, to_rgb
 from stylelab.errors import ImageError
-from stylelab.images import open_image, to_rgb
 
 # scikit-image photos that ship with the package and load offline.
 SKIMAGE_PHOTOS = (
