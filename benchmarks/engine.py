@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from benchmarks import baseline
-from stylelab.engine.features import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, load_vgg19_features
-from stylelab.engine.losses import GatysLoss
-from stylelab.engine.synthesis import Synthesizer, default_precision, initial_image
-from stylelab.runner import LossBuffer
+from stylelab.config import Config, LayersConfig, PairConfig
+from stylelab.engine.features import IMAGENET_MEAN, IMAGENET_STD, load_vgg19_features
+from stylelab.engine.loop import LossBuffer
+from stylelab.engine.synthesis import Synthesizer, default_precision
+from stylelab.factory import SourceImages, build_synthesis
 
 STYLE_LAYERS, CONTENT_LAYERS = [0, 5, 10, 19, 28], [25]
 FLUSH_EVERY = 10  # the runner's default log.flush_every
@@ -55,9 +57,11 @@ class Problem:
     content: torch.Tensor  # (1, 3, S, S) in [0, 1], on the device
     style: torch.Tensor
     features: nn.Sequential  # VGG-19 `features` with random weights, on the CPU
+    pictures: tuple[np.ndarray, np.ndarray]  # content and style, uint8 (S, S, 3)
 
     @classmethod
     def make(cls, device: str, size: int) -> Problem:
+        pictures = square_images(size)
         content, style = (
             torch.from_numpy(np.array(a))
             .permute(2, 0, 1)[None]
@@ -65,9 +69,14 @@ class Problem:
             .div(255)
             .contiguous()
             .to(device)
-            for a in square_images(size)
+            for a in pictures
         )
-        return cls(torch.device(device), content, style, load_vgg19_features("random", seed=0))
+        features = load_vgg19_features("random", seed=0)
+        return cls(torch.device(device), content, style, features, pictures)
+
+    @property
+    def size(self) -> int:
+        return int(self.content.shape[-1])
 
 
 def sync(device: torch.device) -> None:
@@ -152,24 +161,34 @@ def engine_precision(device: torch.device, precision: str = "auto") -> str:
     return default_precision(device) if precision == "auto" else precision
 
 
+def engine_config(problem: Problem, optimizer: str = "lbfgs", precision: str = "auto") -> Config:
+    """The benchmark's objective as a run's `Config` (approach1, style weight 1e6, no TV)."""
+    cfg = Config(
+        pair=PairConfig(name="bench", content="bench:content", style="bench:style"),
+        layers=LayersConfig(name="approach1", style=STYLE_LAYERS, content=CONTENT_LAYERS),
+        image_size=problem.size, device=str(problem.device), precision=precision,
+        content_weight=1.0, style_weight=1e6, tv_weight=0.0, init="content",
+    )  # fmt: skip
+    cfg.model.weights = "random"
+    cfg.optim.name, cfg.optim.lr = optimizer, 1.0 if optimizer == "lbfgs" else 0.02
+    return cfg
+
+
 def build_engine(
     problem: Problem, optimizer: str = "lbfgs", precision: str = "auto", **options
 ) -> Synthesizer:
-    """VGGFeatures + GatysLoss + Synthesizer as stylelab.runner builds them (minus TV: tv_weight=0)."""
-    device = problem.device
-    encoder = VGGFeatures(copy.deepcopy(problem.features), STYLE_LAYERS + CONTENT_LAYERS, "max")
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    encoder = encoder.to(device, memory_format=memory_format)
-    loss = GatysLoss(
-        encoder, problem.content, problem.style, CONTENT_LAYERS, STYLE_LAYERS,
-        content_weight=1.0, style_weight=1e6, tv_weight=0.0,
-    )  # fmt: skip
-    start = initial_image("content", problem.content, problem.style)
-    lr = 1.0 if optimizer == "lbfgs" else 0.02  # conf/optim defaults
-    return Synthesizer(
-        loss, start, optimizer, lr, options.pop("history_size", 100),
-        precision=engine_precision(device, precision), **options,
-    )  # fmt: skip
+    """The first stage's Synthesizer, built by stylelab's factory exactly as a run builds it.
+
+    `options`: `history_size`, and `cuda_graph` / `history_dtype` (the engine's own switches).
+    """
+    cfg = engine_config(problem, optimizer, precision)
+    cfg.optim.history_size = options.pop("history_size", 100)
+    content, style = (Image.fromarray(picture) for picture in problem.pictures)
+    sources = SourceImages(content, [style])
+    synthesis = build_synthesis(cfg, sources).synthesis
+    for key, value in options.items():
+        setattr(synthesis.optim, key, value)
+    return synthesis.enter_stage(0)
 
 
 def run_engine(problem: Problem, evals: int, optimizer: str = "lbfgs", **options) -> dict:

@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from stylelab.engine.synthesis import INITS
+from stylelab.engine.losses import TV_KINDS
+from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import StyleLabError
 
 
@@ -21,7 +22,8 @@ class PairConfig:
 
     name: str = MISSING
     content: str = MISSING
-    style: str = MISSING
+    style: Any = MISSING  # one source, or a list of sources blended
+    style_blend: list[float] | None = None  # one weight per style (default equal; normalised)
 
 
 @dataclass
@@ -40,6 +42,20 @@ class OptimConfig:
     name: str = "lbfgs"  # lbfgs | adam
     lr: float = 1.0
     history_size: int = 100  # L-BFGS only
+    ema: float = (
+        0.0  # averaged iterate: 0 off, else the decay (e.g. 0.9); frames and output show it
+    )
+
+
+@dataclass
+class ScheduleConfig:
+    """`single`: one stage at image_size; `pyramid`: coarse-to-fine stages up to image_size."""
+
+    name: str = "single"  # single | pyramid
+    min_size: int = 128  # pyramid: the first stage's long side
+    factor: float = 1.4142135623730951  # pyramid: growth between stages (sqrt 2)
+    sizes: list[int] | None = None  # pyramid: explicit sizes, ending at image_size
+    steps: Any = None  # pyramid: steps per stage, one number or one per stage (default: steps)
 
 
 @dataclass
@@ -78,13 +94,17 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     content_weight: float = 1.0
     style_weight: float = 1e6
     tv_weight: float = 10.0  # d2l's value, which the write-up followed
     steps: int = 300
     image_size: int = 512
-    style_size: int | None = None  # default: image_size
+    style_size: int | None = None  # style long side in px, fixed (default: style_scale)
+    style_scale: float = 1.0  # style long side = style_scale x the stage's long side
+    tv_loss: str = "l1"  # l1 (mean |difference|, as d2l) | l2 (squared, smooth, as jcjohnson)
+    keep: str = "last"  # the result: last iterate | best (lowest total) iterate
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
@@ -123,6 +143,37 @@ def validate(cfg: Config) -> None:
             f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
         ),
     ]
-    for ok, message in checks:
+    for ok, message in checks + synthesis_checks(cfg):
         if not ok:
             raise StyleLabError(message)
+
+
+def style_sources(cfg: Config) -> list[str]:
+    """`pair.style` as a list: one source or several."""
+    style = cfg.pair.style
+    return [str(s) for s in style] if isinstance(style, list | tuple) else [str(style)]
+
+
+def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Checks of the styles, schedule, output and averaging options."""
+    styles, blend = style_sources(cfg), cfg.pair.style_blend
+    return [
+        (bool(styles), "pair.style=[]: give at least one style image"),
+        (
+            not blend or len(blend) == len(styles),
+            f"pair.style_blend has {len(blend or [])} weights for {len(styles)} styles: give one each",
+        ),
+        (
+            not blend or (all(w >= 0 for w in blend) and sum(blend) > 0),
+            f"pair.style_blend={blend}: weights must be >= 0 and not all 0",
+        ),
+        (cfg.style_scale > 0, f"style_scale={cfg.style_scale}: must be > 0"),
+        (
+            cfg.style_size is None or cfg.style_scale == 1.0,
+            f"style_size={cfg.style_size} and style_scale={cfg.style_scale} both set: "
+            "use one (style_size is absolute, style_scale relative to each stage)",
+        ),
+        (cfg.keep in KEEPS, f"keep={cfg.keep}: use last or best"),
+        (cfg.tv_loss in TV_KINDS, f"tv_loss={cfg.tv_loss}: use l1 or l2"),
+        (0 <= cfg.optim.ema < 1, f"optim.ema={cfg.optim.ema}: use 0 (off) or a decay in (0, 1)"),
+    ]

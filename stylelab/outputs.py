@@ -76,12 +76,16 @@ class RunFolder:
         self.losses_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def write_gif(self, final: np.ndarray, seconds_per_frame: float) -> Path:
-        frames = [
-            np.asarray(Image.open(path).convert("RGB"))
-            for path in sorted(self.frames_dir.glob("*.png"))
-        ]
-        frames = [frame for frame in frames if frame.shape == final.shape] + [final]
-        return write_gif(frames, self.root / GIF_FILE, seconds_per_frame)
+        """Every frame (earlier stages' smaller ones scaled up to the final size) and `final`."""
+        size = (final.shape[1], final.shape[0])
+        frames = []
+        for path in sorted(self.frames_dir.glob("*.png")):
+            with Image.open(path) as frame:
+                frame = frame.convert("RGB")
+                if frame.size != size:
+                    frame = frame.resize(size, Image.Resampling.BICUBIC)
+                frames.append(np.asarray(frame))
+        return write_gif([*frames, final], self.root / GIF_FILE, seconds_per_frame)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.root / SUMMARY_FILE

@@ -1,57 +1,34 @@
-"""One style-transfer run from a `Config`: images in, a synthesis with its records out.
+"""One style-transfer run from a `Config`: wiring, not work.
 
-Free of Hydra and W&B: the CLI (`stylelab.run`) builds the config and the tracker and calls
-`run_synthesis`, which writes the run folder and reports to the tracker.
+config -> images -> objective -> schedule -> observers (run folder, tracker, progress bar,
+non-finite guard) -> `Synthesis.run` -> summary. Free of Hydra and W&B: the CLI (`stylelab.run`)
+builds the config and the tracker and calls `run_synthesis`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import resource
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from stylelab.config import Config, validate
-from stylelab.engine.device import resolve_device
-from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
-from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
-from stylelab.engine.losses import GatysLoss
-from stylelab.engine.sources import load_source
-from stylelab.engine.synthesis import Synthesizer, default_precision, initial_image
-from stylelab.errors import DivergenceError, ImageError, StyleLabError
+from stylelab.config import Config, style_sources, validate
+from stylelab.engine.loop import Result
+from stylelab.engine.observers import NonFiniteGuard, ProgressBar
+from stylelab.errors import StyleLabError
+from stylelab.factory import Built, build_synthesis
 from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.signals import Interrupted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
-
-def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Content and style images as (1, 3, H, W) tensors, resized to image_size / style_size."""
-    content = resize_long_side(load_source(cfg.pair.content, cfg.cache_dir), cfg.image_size)
-    style = resize_long_side(
-        load_source(cfg.pair.style, cfg.cache_dir), cfg.style_size or cfg.image_size
-    )
-    return pil_to_tensor(content), pil_to_tensor(style)
-
-
-def check_size(image: torch.Tensor, encoder: VGGFeatures, what: str, size_key: str) -> None:
-    side = min(image.shape[-2:])
-    if side < encoder.min_size:
-        deepest = layer_name(encoder.layers[-1])
-        raise ImageError(
-            f"the {what} image is {image.shape[-1]}x{image.shape[-2]} px, too small for layer {deepest}: "
-            f"its shorter side must be at least {encoder.min_size} px (raise {size_key} or use shallower layers)"
-        )
 
 
 def memory_estimate_gib(pixels: int, history_size: int, optimizer: str) -> float:
@@ -75,32 +52,6 @@ def out_of_memory(cfg: Config) -> StyleLabError:
         f"out of memory on {cfg.device} at image_size={cfg.image_size} (needs roughly {need:.1f} GiB "
         "for a square image): lower image_size, or use optim.history_size=10, optim=adam or precision=bf16"
     )
-
-
-class LossBuffer:
-    """Collects per-step loss tensors on the device and reads them back in one transfer."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: list[torch.Tensor] = []
-        self.keys: list[str] | None = None
-
-    def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        if self.keys is None:
-            self.keys = list(terms)
-        self.steps.append(step)
-        self.values.append(torch.stack([terms[key].float() for key in self.keys]))
-
-    def flush(self) -> list[dict[str, float]]:
-        if not self.values:
-            return []
-        table = torch.stack(self.values).cpu().tolist()
-        rows = [
-            {"step": step, **dict(zip(self.keys, row, strict=True))}
-            for step, row in zip(self.steps, table, strict=True)
-        ]
-        self.steps, self.values = [], []
-        return rows
 
 
 def run_synthesis(
@@ -145,164 +96,71 @@ def run_synthesis(
 
 
 def _synthesize(
-    cfg: Config,
-    folder: RunFolder,
-    tracker: Tracker,
-    checkpoint: dict | None,
-    received: list[int],
+    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None, received: list[int]
 ) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else default_precision(device)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-    content, style = load_pair(cfg)
-    style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
-    encoder = VGGFeatures(
-        load_vgg19_features(cfg.model.weights, seed=cfg.seed),
-        style_layers + content_layers,
-        cfg.model.pooling,
+    built = build_synthesis(cfg)
+    synthesis = built.synthesis
+    describe(built, cfg)
+    if checkpoint is not None:
+        log.info("resuming from step %d of %d (%s)", checkpoint["synthesis"]["step"],
+                 synthesis.total_steps, folder.checkpoint_path)  # fmt: skip
+        folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
+    inputs = built.inputs()
+    if checkpoint is None:
+        captions = [cfg.pair.content, *style_sources(cfg)]
+        for (key, image), caption in zip(inputs.items(), captions, strict=True):
+            folder.save_image(f"{key}.png", image)
+            tracker.log_image(key, image, caption=caption)
+    recorder = RunFolderRecorder(
+        folder,
+        {"tracker_run_id": tracker.run_id, "config": asdict(cfg)},
+        cfg.log.gif_seconds_per_frame,
     )
-    check_size(content, encoder, "content", "image_size")
-    check_size(style, encoder, "style", "style_size")
+    guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
+    observers = [guard, TrackerRecorder(tracker), recorder, ProgressBar()]
+    result = synthesis.run(observers, lambda: bool(received), resume=checkpoint)
+    if result.status == "interrupted":
+        raise Interrupted(received[0], result.step)
+    summary = summarize(result, built, cfg, folder)
+    folder.write_summary(summary)
+    gif = folder.root / "synthesis.gif"
+    tracker.finish(EXIT_OK, summary, final_image=recorder.final, gif_path=gif, inputs=inputs)
+    return summary
+
+
+def describe(built: Built, cfg: Config) -> None:
+    """Log the sizes, device, precision, stages and the memory estimate."""
+    synthesis = built.synthesis
+    content, styles = built.images(synthesis.stages[-1].size)
     pixels = content.shape[-1] * content.shape[-2]
     log.info(
-        "content %dx%d, style %dx%d, device %s (%s), estimated memory %.1f GiB",
-        content.shape[-1],
-        content.shape[-2],
-        style.shape[-1],
-        style.shape[-2],
-        device,
-        precision,
+        "content %dx%d, style %s, device %s (%s), estimated memory %.1f GiB",
+        content.shape[-1], content.shape[-2],
+        ", ".join(f"{s.shape[-1]}x{s.shape[-2]}" for s in styles),
+        built.device, built.precision,
         memory_estimate_gib(pixels, cfg.optim.history_size, cfg.optim.name),
-    )
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    encoder = encoder.to(device, memory_format=memory_format)
-    content, style = content.to(device), style.to(device)
-    loss = GatysLoss(
-        encoder,
-        content,
-        style,
-        content_layers,
-        style_layers,
-        content_weight=cfg.content_weight,
-        style_weight=cfg.style_weight,
-        tv_weight=cfg.tv_weight,
-        content_layer_weights=cfg.layers.content_weights,
-        style_layer_weights=cfg.layers.style_weights,
-    )
-    init_source = None
-    if cfg.init == "image":
-        init_source = pil_to_tensor(load_source(cfg.init_image, cfg.cache_dir)).to(device)
-    start = initial_image(cfg.init, content, style, init_source, seed=cfg.seed)
-    synth = Synthesizer(
-        loss, start, cfg.optim.name, cfg.optim.lr, cfg.optim.history_size, precision=precision
-    )
-    if checkpoint is not None:
-        synth.load_state_dict(checkpoint["synthesis"])
-        folder.truncate_losses(before_step=synth.step_count)
-        log.info(
-            "resuming from step %d of %d (%s)", synth.step_count, cfg.steps, folder.checkpoint_path
-        )
+    )  # fmt: skip
+    if len(synthesis.stages) > 1:
+        log.info("stages: %s", ", ".join(f"{s.size} px x {s.steps}" for s in synthesis.stages))
 
-    inputs = {"content": tensor_to_uint8(content), "style": tensor_to_uint8(style)}
-    if synth.step_count == 0:
-        for key, image in inputs.items():
-            folder.save_image(f"{key}.png", image)
-            tracker.log_image(key, image, caption=getattr(cfg.pair, key))
 
-    buffer, last_rows = LossBuffer(), [{}]
-    last_finite = synth.image.clone()
-    started, first_step = time.perf_counter(), synth.step_count
-
-    def save_checkpoint(with_optimizer: bool = True) -> None:
-        flush()  # the records on disk and in the tracker end where the checkpoint starts
-        state = synth.state_dict()
-        if (
-            not with_optimizer
-        ):  # the history of L-BFGS is large; a finished run keeps the image only
-            state["optimizer"] = None
-        folder.save_checkpoint(
-            {"synthesis": state, "tracker_run_id": tracker.run_id, "config": asdict(cfg)}
-        )
-
-    def flush() -> None:
-        rows = buffer.flush()
-        if not rows:
-            return
-        bad = next((row for row in rows if not math.isfinite(row["total"])), None)
-        good_rows = rows if bad is None else [row for row in rows if row["step"] < bad["step"]]
-        folder.append_losses(good_rows)
-        for row in good_rows:
-            tracker.log_metrics(row["step"], {k: v for k, v in row.items() if k != "step"})
-        if bad is not None:
-            folder.save_image(FINAL_IMAGE, last_finite)
-            raise DivergenceError(
-                f"the loss became {bad['total']} at step {bad['step']}: the last finite image is in "
-                f"{folder.root / FINAL_IMAGE}; lower optim.lr or the loss weights, or use precision=fp32"
-            )
-        last_rows[0] = rows[-1]
-        last_finite.copy_(synth.image)
-
-    progress = tqdm(
-        total=cfg.steps,
-        initial=synth.step_count,
-        desc="synthesis",
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-        disable=None,
-    )
-    with progress:
-        while synth.step_count < cfg.steps:
-            step = synth.step_count
-            if step % cfg.log.image_every == 0:
-                frame = tensor_to_uint8(synth.image)
-                folder.save_frame(step, frame)
-                tracker.log_image("synthesis", frame, step=step)
-            buffer.add(step, synth.step())
-            progress.update(1)
-            if (
-                synth.step_count % cfg.log.flush_every == 0
-                or synth.step_count == cfg.steps
-                or received
-            ):
-                flush()
-                row = last_rows[0]
-                progress.set_postfix(
-                    total=f"{row['total']:.4g}",
-                    content=f"{row['content']:.3g}",
-                    style=f"{row['style']:.3g}",
-                    tv=f"{row['tv']:.3g}",
-                    refresh=False,
-                )
-            if received:
-                save_checkpoint()
-                folder.save_image(FINAL_IMAGE, synth.image)
-                raise Interrupted(received[0], synth.step_count)
-            if cfg.log.checkpoint_every and synth.step_count % cfg.log.checkpoint_every == 0:
-                save_checkpoint()
-
-    seconds = time.perf_counter() - started
-    final = tensor_to_uint8(synth.image)
-    folder.save_image(FINAL_IMAGE, final)
-    gif = folder.write_gif(final, cfg.log.gif_seconds_per_frame)
-    save_checkpoint(with_optimizer=False)
-    evaluations = synth.step_count - first_step
-    summary = {
+def summarize(result: Result, built: Built, cfg: Config, folder: RunFolder) -> dict[str, Any]:
+    """summary.json: the kept iterate's losses as `final/*`, timing, memory, device, weights."""
+    row = result.last_row
+    if cfg.keep == "best" and not cfg.optim.ema and result.best_step is not None:
+        row = next((r for r in folder.read_losses() if r["step"] == result.best_step), row)
+    seconds = result.seconds
+    return {
         "status": "finished",
-        **{f"final/{key}": value for key, value in last_rows[0].items() if key != "step"},
-        "steps": synth.step_count,
+        **{f"final/{k}": v for k, v in row.items() if k not in ("step", "stage", "size")},
+        "steps": result.step,
+        "best_step": result.best_step,
+        "kept": "ema" if cfg.optim.ema else cfg.keep,
         "seconds": seconds,
-        "evaluations_per_second": evaluations / seconds if seconds > 0 else float("nan"),
-        "peak_memory_mib": peak_memory_mib(device),
-        "device": str(device),
-        "precision": precision,
+        "evaluations_per_second": result.evaluations / seconds if seconds > 0 else float("nan"),
+        "peak_memory_mib": peak_memory_mib(built.device),
+        "device": str(built.device),
+        "precision": built.precision,
         "weights": cfg.model.weights,
-        "content_size": list(content.shape[-2:]),
+        "content_size": list(result.image.shape[-2:]),
     }
-    folder.write_summary(summary)
-    tracker.finish(EXIT_OK, summary, final_image=final, gif_path=gif, inputs=inputs)
-    return summary

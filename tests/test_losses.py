@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylelab.engine.features import VGGFeatures
-from stylelab.engine.losses import ContentLoss, GatysLoss, StyleLoss, TVLoss, gram_matrix
+from stylelab.engine.losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
+from stylelab.engine.objective import Objective, gatys_objective
 
 STYLE_LAYERS = [0, 5]  # conv1_1, conv2_1
 CONTENT_LAYERS = [25]  # conv4_4
@@ -67,9 +68,9 @@ def images() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def make_loss(
     encoder: VGGFeatures, images: tuple[torch.Tensor, ...], **kwargs: object
-) -> GatysLoss:
+) -> Objective:
     content, style, _ = images
-    return GatysLoss(encoder, content, style, CONTENT_LAYERS, STYLE_LAYERS, **kwargs)  # type: ignore[arg-type]
+    return gatys_objective(encoder, content, style, CONTENT_LAYERS, STYLE_LAYERS, **kwargs)  # type: ignore[arg-type]
 
 
 # --- gram_matrix, ContentLoss, StyleLoss, TVLoss against hand-computed values -------------------
@@ -181,7 +182,7 @@ def test_tv_loss_constant_image_is_zero_and_checkerboard_is_one() -> None:
     assert TVLoss()(checker.float().expand(1, 3, 6, 6)).item() == pytest.approx(1.0)
 
 
-# --- GatysLoss --------------------------------------------------------------------------------
+# --- the Gatys objective --------------------------------------------------------------------------------
 
 
 def test_gatys_loss_keys(encoder: VGGFeatures, images: tuple[torch.Tensor, ...]) -> None:
@@ -302,7 +303,7 @@ def test_gatys_loss_targets_do_not_follow_input_changes(
 ) -> None:
     """Changing the content/style tensors in place after construction changes nothing."""
     content, style, image = (tensor.clone() for tensor in images)
-    loss = GatysLoss(encoder, content, style, CONTENT_LAYERS, STYLE_LAYERS, tv_weight=1.0)
+    loss = gatys_objective(encoder, content, style, CONTENT_LAYERS, STYLE_LAYERS, tv_weight=1.0)
     before = loss(image)
     content.mul_(0.5)
     style.fill_(1.0)

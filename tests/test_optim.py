@@ -135,7 +135,7 @@ def test_make_optimizer_rejects_unknown() -> None:
 
 def tiny_synthesizer(device: str, optimizer: str, precision: str, cuda_graph: bool | None):
     from stylelab.engine.features import VGGFeatures, load_vgg19_features
-    from stylelab.engine.losses import GatysLoss
+    from stylelab.engine.objective import gatys_objective
     from stylelab.engine.synthesis import Synthesizer
 
     generator = torch.Generator().manual_seed(0)
@@ -143,7 +143,7 @@ def tiny_synthesizer(device: str, optimizer: str, precision: str, cuda_graph: bo
     encoder = VGGFeatures(load_vgg19_features("random"), [0, 5, 10, 19, 25, 28])
     layout = torch.channels_last if device == "cuda" else torch.contiguous_format  # as the runner
     encoder = encoder.to(device, memory_format=layout)
-    loss = GatysLoss(encoder, content, style, [25], [0, 5, 10, 19, 28], tv_weight=10.0)
+    loss = gatys_objective(encoder, content, style, [25], [0, 5, 10, 19, 28], tv_weight=10.0)
     lr = 1.0 if optimizer == "lbfgs" else 0.02
     return Synthesizer(loss, content, optimizer, lr, 20, precision=precision, cuda_graph=cuda_graph)
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from stylelab import runner
 from stylelab.config import Config, LayersConfig, PairConfig
+from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError, StyleLabError
 from stylelab.tracking import NullTracker, RunInfo
 from tests.conftest import FAST, ROOT, only_run_dir, records_of, run_cli, wandb_summary
@@ -154,7 +155,7 @@ def tiny_config(**overrides) -> Config:
 
 
 def test_nan_mid_run_keeps_the_last_finite_image(tmp_path: Path, monkeypatch) -> None:
-    real_step = runner.Synthesizer.step
+    real_step = Synthesizer.step
 
     def step_then_nan(self):
         terms = real_step(self)
@@ -163,7 +164,7 @@ def test_nan_mid_run_keeps_the_last_finite_image(tmp_path: Path, monkeypatch) ->
             return {key: value * float("nan") for key, value in terms.items()}
         return terms
 
-    monkeypatch.setattr(runner.Synthesizer, "step", step_then_nan)
+    monkeypatch.setattr(Synthesizer, "step", step_then_nan)
     with pytest.raises(DivergenceError, match="at step 5"):
         runner.run_synthesis(tiny_config(), tmp_path, NullTracker(), RunInfo({}, tmp_path, "nan"))
     final = np.asarray(Image.open(tmp_path / "final.png"))
@@ -176,7 +177,7 @@ def test_out_of_memory_says_what_to_change(tmp_path: Path, monkeypatch) -> None:
     def no_memory(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(runner.Synthesizer, "step", no_memory)
+    monkeypatch.setattr(Synthesizer, "step", no_memory)
     with pytest.raises(
         StyleLabError, match=r"out of memory .* image_size=32 .*GiB.*lower image_size"
     ):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from stylelab.engine.features import VGGFeatures, load_vgg19_features
-from stylelab.engine.losses import GatysLoss
+from stylelab.engine.objective import Objective, gatys_objective
 from stylelab.engine.optim import make_optimizer
 from stylelab.engine.synthesis import INITS, Synthesizer, initial_image
 
@@ -53,10 +53,10 @@ def make_loss(
     images: tuple[torch.Tensor, torch.Tensor],
     style_weight: float = 1e9,
     layers: tuple[list[int], list[int]] = SHALLOW,
-) -> GatysLoss:
+) -> Objective:
     """With random weights Grams are tiny, so the style weight is raised to matter."""
     content, style = images
-    return GatysLoss(
+    return gatys_objective(
         encoder, content, style, layers[1], layers[0], style_weight=style_weight, tv_weight=1.0
     )
 
@@ -110,7 +110,7 @@ def test_content_only_moves_towards_content(
 ) -> None:
     """With only the content loss, noise moves towards the content image's features."""
     content, style = small_images
-    loss = GatysLoss(
+    loss = gatys_objective(
         encoder, content, style, [12], [0], content_weight=1e3, style_weight=0.0, tv_weight=0.0
     )
     synth = Synthesizer(loss, initial_image("noise", content, seed=3), optimizer="lbfgs")

@@ -1,4 +1,9 @@
-"""The optimisation loop: move the pixels of an image to minimise a `GatysLoss`."""
+"""One stage of a synthesis: move the pixels of an image to minimise an `Objective`.
+
+`Synthesizer.step()` is one evaluation and update (optionally replayed as one CUDA graph); it
+also keeps, on the device and without waiting for it, the best iterate so far and an averaged
+image. The loop over steps and stages lives in `stylelab.engine.loop`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from stylelab.engine.cuda_graph import GraphedStep
-from stylelab.engine.losses import GatysLoss
-from stylelab.engine.optim import make_optimizer
+from stylelab.engine.objective import Objective
+from stylelab.engine.optim import Adam, make_optimizer
 
 INITS = ("content", "noise", "style", "image")
+KEEPS = ("last", "best")
 
 
 def default_precision(device: torch.device) -> str:
@@ -50,20 +57,75 @@ def initial_image(
     raise ValueError(f"unknown init '{init}': use one of {', '.join(INITS)}")
 
 
+class BestIterate:
+    """The lowest-total image evaluated so far, kept on the device (no host synchronisation)."""
+
+    def __init__(self, image: torch.Tensor):
+        self.image = image.detach().clone()
+        self.total = torch.full((), float("inf"), device=image.device)
+        self.index = torch.full((), -1, dtype=torch.long, device=image.device)  # evaluation
+        self.count = torch.zeros((), dtype=torch.long, device=image.device)
+
+    def update(self, total: torch.Tensor, image: torch.Tensor) -> None:
+        better = total.float() < self.total  # a NaN total is never better
+        self.image.copy_(torch.where(better, image, self.image))
+        self.total.copy_(torch.where(better, total.float(), self.total))
+        self.index.copy_(torch.where(better, self.count, self.index))
+        self.count.add_(1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {key: getattr(self, key).detach().cpu().clone() for key in _BEST_KEYS}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key in _BEST_KEYS:
+            getattr(self, key).copy_(state[key])
+
+
+_BEST_KEYS = ("image", "total", "index", "count")
+
+
+class AveragedImage:
+    """Exponential moving average of the image with bias correction (as crowsonkb's EMA)."""
+
+    def __init__(self, image: torch.Tensor, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"optim.ema={decay}: use 0 (off) or a decay in (0, 1), e.g. 0.9")
+        self.decay = decay
+        self.sum = torch.zeros_like(image)
+        self.weight = torch.zeros((), device=image.device)  # 1 - decay**updates
+
+    def update(self, image: torch.Tensor) -> None:
+        self.sum.mul_(self.decay).add_(image, alpha=1 - self.decay)
+        self.weight.mul_(self.decay).add_(1 - self.decay)
+
+    def value(self, fallback: torch.Tensor) -> torch.Tensor:
+        """The average, or `fallback` before the first update."""
+        return torch.where(self.weight > 0, self.sum / self.weight.clamp_min(1e-12), fallback)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"sum": self.sum.detach().cpu().clone(), "weight": self.weight.detach().cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.sum.copy_(state["sum"])
+        self.weight.copy_(state["weight"])
+
+
 class Synthesizer:
     """Holds the image being optimised and its optimiser; `step()` does one evaluation.
 
     `precision="bf16"` runs the VGG forward and backward under bfloat16 autocast; Gram
     matrices and losses are always fp32. `cuda_graph` (default: on for CUDA) replays each
-    whole step (forward, backward, optimiser update, clamp) as one CUDA graph after three
-    eager warm-up steps; elsewhere steps run eagerly. `history_dtype="bf16"` stores the L-BFGS
-    history in bfloat16: half its memory and half the optimiser's memory traffic; `auto` does
-    so on CUDA with bf16 precision, where the gradients themselves come from bf16 arithmetic.
+    whole step (forward, backward, optimiser update, clamp, best and average bookkeeping) as
+    one CUDA graph after three eager warm-up steps; elsewhere steps run eagerly.
+    `history_dtype="bf16"` stores the L-BFGS history in bfloat16; `auto` does so on CUDA with
+    bf16 precision, where the gradients themselves come from bf16 arithmetic. `ema` (0: off)
+    keeps an averaged image; `first_step` is the global index of this stage's first step;
+    `previous` is the synthesizer of the stage before, whose Adam moments carry over (resized).
     """
 
     def __init__(
         self,
-        loss: GatysLoss,
+        loss: Objective,
         image: torch.Tensor,
         optimizer: str = "lbfgs",
         lr: float = 1.0,
@@ -71,6 +133,9 @@ class Synthesizer:
         precision: str = "fp32",
         cuda_graph: bool | None = None,
         history_dtype: str = "auto",
+        ema: float = 0.0,
+        first_step: int = 0,
+        previous: Synthesizer | None = None,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
@@ -84,9 +149,13 @@ class Synthesizer:
             optimizer, self.image, lr=lr, history_size=history_size,
             history_dtype=history_dtype, capturable=use_graph,
         )  # fmt: skip
+        if previous is not None and isinstance(previous.optimizer, Adam):
+            carry_adam_moments(previous.optimizer, self.optimizer)
         self.precision = precision
-        self.step_count = 0
+        self.step_count = first_step
         self.keys: list[str] = []
+        self.best = BestIterate(self.image)
+        self.average = AveragedImage(self.image, ema) if ema else None
         self.graph = GraphedStep(self._step) if use_graph else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -105,9 +174,12 @@ class Synthesizer:
     def _step(self) -> torch.Tensor:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
         terms, grad = self.evaluate()
+        self.best.update(terms["total"], self.image)
         self.optimizer.step(grad)
         with torch.no_grad():
             self.image.clamp_(0, 1)
+            if self.average is not None:
+                self.average.update(self.image)
         self.keys = list(terms)
         return torch.stack([value.float() for value in terms.values()])
 
@@ -120,11 +192,27 @@ class Synthesizer:
         self.step_count += 1
         return dict(zip(self.keys, values.unbind(), strict=True))
 
-    def state_dict(self) -> dict[str, Any]:
+    @property
+    def display_image(self) -> torch.Tensor:
+        """What frames show: the averaged image with `ema`, else the current iterate."""
+        return self.average.value(self.image) if self.average is not None else self.image
+
+    def output_image(self, keep: str = "last") -> torch.Tensor:
+        """The result: the averaged image with `ema`; else the best evaluated iterate for
+        `keep="best"` (once one was evaluated) or the current one for `keep="last"`."""
+        if keep not in KEEPS:
+            raise ValueError(f"unknown keep '{keep}': use last or best")
+        if self.average is not None or keep == "last":
+            return self.display_image
+        return torch.where(self.best.index >= 0, self.best.image, self.image)
+
+    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
         return {
             "image": self.image.detach().cpu().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if with_optimizer else None,
             "step": self.step_count,
+            "best": self.best.state_dict(),
+            "ema": self.average.state_dict() if self.average is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,5 +220,30 @@ class Synthesizer:
         if state.get("optimizer") is not None:  # else: the optimiser starts afresh from this image
             self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["step"])
+        if state.get("best") is not None:
+            self.best.load_state_dict(state["best"])
+        if self.average is not None and state.get("ema") is not None:
+            self.average.load_state_dict(state["ema"])
         if self.graph is not None:  # Adam replaces its state tensors: capture again
             self.graph.reset()
+
+
+def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize to `size` (H, W), clamped to [0, 1]: the start of the next stage."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image.clone()
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def carry_adam_moments(old: Adam, new: Adam) -> None:
+    """Give `new` the step count and moments of `old`, resized to its image (as crowsonkb does)."""
+    states = list(old.optimizer.state.values())
+    if not states:
+        return
+    old_state = states[0]
+    size = tuple(new.param.shape[-2:])
+    state = {"step": old_state["step"].clone()}
+    for key in ("exp_avg", "exp_avg_sq"):
+        moment = F.interpolate(old_state[key], size=size, mode="bilinear", align_corners=False)
+        state[key] = moment.clamp_min(0) if key == "exp_avg_sq" else moment
+    new.optimizer.state[new.param] = state

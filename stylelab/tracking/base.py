@@ -36,12 +36,15 @@ class Tracker:
         """Open the run."""
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """One row of scalars at `step`."""
+        """One row of scalars at `step`, keyed by their logged names (`loss/total`, `stage`)."""
 
     def log_image(
         self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
     ) -> None:
         """A uint8 (H, W, 3) image; `step=None` for one-off images (inputs)."""
+
+    def flush(self) -> None:
+        """Return once everything logged so far has been handed on (before a checkpoint)."""
 
     def finish(
         self,
@@ -92,6 +95,13 @@ class BackgroundTracker(Tracker):
         self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
     ) -> None:
         self.queue.put((self.inner.log_image, (key, image, step, caption)))
+
+    def flush(self) -> None:
+        if self.thread is not None:
+            done = threading.Event()
+            self.queue.put((done.set, ()))
+            done.wait()
+        self.inner.flush()
 
     def finish(self, exit_code, summary, final_image=None, gif_path=None, inputs=None) -> None:
         if self.thread is not None:

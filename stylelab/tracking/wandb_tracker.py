@@ -70,6 +70,7 @@ class WandbTracker(Tracker):
         self.info: RunInfo | None = None
         self.pending: dict[int | None, dict[str, Any]] = {}  # images waiting for their step's row
         self.last_step: int | None = None
+        self.defined: set[str] = set()  # metrics given a summary
 
     def start(self, info: RunInfo) -> None:
         import wandb
@@ -99,18 +100,24 @@ class WandbTracker(Tracker):
         self.run_id = self.run.id
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        for key in ("loss/total", "loss/content", "loss/style", "loss/tv"):
-            self.run.define_metric(key, step_metric="step", summary="min")
         if self.mode == "offline":
             log.info("W&B is offline; upload later with: wandb sync %s", Path(self.run.dir).parent)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.run is None:
             return
-        row = {"step": step, **{f"loss/{key}": value for key, value in metrics.items()}}
+        self._summarise_minimum(metrics)
+        row: dict[str, Any] = {"step": step, **metrics}
         row.update(self.pending.pop(None, {}))
         row.update(self.pending.pop(step, {}))
         self._log(row, step)
+
+    def _summarise_minimum(self, metrics: dict[str, float]) -> None:
+        """The summary keeps the minimum of each loss kind and the total (`loss/<kind>`)."""
+        for key in metrics:
+            if key not in self.defined and key.count("/") == 1 and key.startswith("loss/"):
+                self.run.define_metric(key, step_metric="step", summary="min")
+                self.defined.add(key)
 
     def log_image(
         self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""

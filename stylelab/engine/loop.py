@@ -1,0 +1,240 @@
+"""The engine's loop: the stages of a schedule, one `Synthesizer` each, reported to observers.
+
+Observers receive the stage changes, frames, loss rows (read back from the device every
+`flush_every` steps, never per step), non-finite losses, checkpoints and the end. The run folder,
+the tracker, the progress bar and the NaN guard are observers; the loop knows none of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from stylelab.engine.images import tensor_to_uint8
+from stylelab.engine.objective import Objective
+from stylelab.engine.schedule import Stage
+from stylelab.engine.synthesis import Synthesizer, upsample
+
+Row = dict[str, float]
+# size -> (content, [styles]) on the device, resized for a stage of that size
+StageImages = Callable[[int], tuple[torch.Tensor, list[torch.Tensor]]]
+# (content, [styles]) -> the first stage's starting image
+StartImage = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class OptimSettings:
+    """How each stage's `Synthesizer` optimises (see its docstring)."""
+
+    name: str = "lbfgs"
+    lr: float = 1.0
+    history_size: int = 100
+    precision: str = "fp32"
+    ema: float = 0.0
+    keep: str = "last"  # last | best: which iterate a stage hands on and the run returns
+    cuda_graph: bool | None = None
+    history_dtype: str = "auto"
+
+
+@dataclass
+class LoopSettings:
+    image_every: int = 25  # steps between frames
+    flush_every: int = 10  # steps between reading losses back from the device
+    checkpoint_every: int = 0  # steps between checkpoints (0: only when stopped)
+
+
+@dataclass
+class Result:
+    status: str  # finished | interrupted
+    step: int  # global steps done
+    image: torch.Tensor  # the output image (see Synthesizer.output_image)
+    last_row: Row
+    best_step: int | None  # global step of the lowest total in the last stage
+    best_total: float
+    evaluations: int  # in this process (a resumed run counts from where it resumed)
+    seconds: float
+
+
+class Observer:
+    """Receives what the loop does; every method is optional."""
+
+    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+        """A stage begins (also the first, and the one a resumed run continues)."""
+
+    def on_frame(self, step: int, image: np.ndarray) -> None:
+        """The displayed image (uint8, H x W x 3) before evaluation `step`."""
+
+    def on_losses(self, rows: list[Row]) -> None:
+        """Finite loss rows in step order: `step`, `stage`, `size` and the objective's names."""
+
+    def on_nonfinite(self, row: Row) -> None:
+        """The first row whose total is NaN or infinite (rows after it are dropped)."""
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        """The full state after every row so far was given to `on_losses`."""
+
+    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+        """The run finished or was stopped."""
+
+
+class LossBuffer:
+    """Collects per-step loss tensors on the device and reads them back in one transfer."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []
+        self.keys: list[str] | None = None
+
+    def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        if self.keys is None:
+            self.keys = list(terms)
+        self.steps.append(step)
+        self.values.append(torch.stack([terms[key].float() for key in self.keys]))
+
+    def flush(self) -> list[Row]:
+        if not self.values:
+            return []
+        table = torch.stack(self.values).cpu().tolist()
+        rows = [
+            {"step": step, **dict(zip(self.keys, row, strict=True))}
+            for step, row in zip(self.steps, table, strict=True)
+        ]
+        self.steps, self.values = [], []
+        return rows
+
+
+@dataclass
+class Synthesis:
+    """An objective, the images it is built from per stage, a schedule and optimiser settings."""
+
+    objective: Objective
+    stage_images: StageImages
+    start_image: StartImage
+    stages: Sequence[Stage]
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    blend: Sequence[float] | None = None
+    synth: Synthesizer | None = None  # the current stage's
+    stage_index: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.stages[-1].end
+
+    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
+        assert self.synth is not None
+        return {"stage": self.stage_index, "synthesis": self.synth.state_dict(with_optimizer)}
+
+    def run(
+        self,
+        observers: Sequence[Observer] = (),
+        should_stop: Callable[[], bool] = lambda: False,
+        resume: dict[str, Any] | None = None,
+    ) -> Result:
+        """Run every stage (from `resume`, a `state_dict()`, if given); stops early, with a
+        checkpoint, once `should_stop()` is true between two steps."""
+        run = _Run(self, list(observers), should_stop)
+        first = int(resume.get("stage", 0)) if resume else 0
+        for index in range(first, len(self.stages)):
+            self.enter_stage(index, resume if index == first else None)
+            run.notify("on_stage", self, self.stages[index])
+            if not run.stage(self.synth, self.stages[index]):
+                return run.end("interrupted")
+        return run.end("finished")
+
+    def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
+        """Set the targets and make the Synthesizer of stage `index` (the current one)."""
+        stage, previous = self.stages[index], self.synth
+        content, styles = self.stage_images(stage.size)
+        self.objective.set_targets(content, styles, self.blend)
+        if previous is None:
+            image = self.start_image(content, styles)
+        else:
+            image = upsample(previous.output_image(self.optim.keep), tuple(content.shape[-2:]))
+        o = self.optim
+        self.synth = Synthesizer(
+            self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,
+            o.history_dtype, ema=o.ema, first_step=stage.first_step, previous=previous,
+        )  # fmt: skip
+        self.stage_index = index
+        if resume is not None:
+            self.synth.load_state_dict(resume["synthesis"])
+        return self.synth
+
+
+class _Run:
+    """The bookkeeping of one `Synthesis.run`: buffer, flushes, checkpoints, timing."""
+
+    def __init__(self, synthesis: Synthesis, observers: list[Observer], should_stop):
+        self.synthesis, self.observers, self.should_stop = synthesis, observers, should_stop
+        self.buffer = LossBuffer()
+        self.last_row: Row = {}
+        self.started = time.perf_counter()
+        self.first_step: int | None = None
+
+    def notify(self, method: str, *args: Any) -> None:
+        for observer in self.observers:
+            getattr(observer, method)(*args)
+
+    def stage(self, synth: Synthesizer, stage: Stage) -> bool:
+        """Steps to the end of `stage`; False if stopped (after a checkpoint)."""
+        loop = self.synthesis.loop
+        if self.first_step is None:
+            self.first_step = synth.step_count
+        while synth.step_count < stage.end:
+            step = synth.step_count
+            if step % loop.image_every == 0:
+                self.notify("on_frame", step, tensor_to_uint8(synth.display_image))
+            self.buffer.add(step, synth.step())
+            stop = self.should_stop()
+            if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
+                self.flush(stage)
+            if stop:
+                self.notify("on_checkpoint", self.synthesis.state_dict())
+                return False
+            if loop.checkpoint_every and synth.step_count % loop.checkpoint_every == 0:
+                self.notify("on_checkpoint", self.synthesis.state_dict())
+        return True
+
+    def flush(self, stage: Stage) -> None:
+        rows = [
+            {
+                "step": row.pop("step"),
+                "stage": self.synthesis.stage_index,
+                "size": stage.size,
+                **row,
+            }
+            for row in self.buffer.flush()
+        ]
+        bad = next((i for i, row in enumerate(rows) if not math.isfinite(row["total"])), None)
+        good = rows if bad is None else rows[:bad]
+        if good:
+            self.notify("on_losses", good)
+            self.last_row = good[-1]
+        if bad is not None:
+            self.notify("on_nonfinite", rows[bad])
+
+    def end(self, status: str) -> Result:
+        synthesis = self.synthesis
+        synth = synthesis.synth
+        assert synth is not None
+        stage = synthesis.stages[synthesis.stage_index]
+        best_index, best_total = int(synth.best.index), float(synth.best.total)
+        result = Result(
+            status=status,
+            step=synth.step_count,
+            image=synth.output_image(synthesis.optim.keep),
+            last_row=self.last_row,
+            best_step=stage.first_step + best_index if best_index >= 0 else None,
+            best_total=best_total,
+            evaluations=synth.step_count - (self.first_step or 0),
+            seconds=time.perf_counter() - self.started,
+        )
+        self.notify("on_end", synthesis, result)
+        return result

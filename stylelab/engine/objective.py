@@ -1,0 +1,126 @@
+"""An objective: a VGG encoder and a list of named, weighted terms.
+
+`forward(image)` returns one scalar per term that reads a layer (`style/conv1_1`), one per kind
+(`content`, `style`, `tv`: the sum of that kind's terms) and `total`. These names are what the
+losses file, W&B and the report show; they come from the terms, never from a list elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from stylelab.engine.features import VGGFeatures
+from stylelab.engine.terms import ContentTerm, StyleTerm, Targets, Term, TVTerm
+
+
+class Objective(nn.Module):
+    """Weighted sum of terms over the outputs of one encoder; targets are set once per stage."""
+
+    def __init__(self, encoder: VGGFeatures, terms: Sequence[Term]):
+        super().__init__()
+        if not terms:
+            raise ValueError("an objective needs at least one term")
+        self.encoder = encoder
+        self.terms = nn.ModuleList(terms)
+        self.kinds: list[str] = list(dict.fromkeys(term.kind for term in terms))
+
+    @property
+    def names(self) -> list[str]:
+        """Every key `forward` returns, in order: per-layer terms, kinds, `total`."""
+        layered = [term.name for term in self.terms if term.layer is not None]
+        return [*layered, *self.kinds, "total"]
+
+    @torch.no_grad()
+    def set_targets(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        blend: Sequence[float] | None = None,
+    ) -> None:
+        """Build every term's target from the content and style images of one stage."""
+        blend = normalised_blend(blend, len(styles))
+        targets = Targets(self.encoder(content), [self.encoder(s) for s in styles], blend)
+        for term in self.terms:
+            term.set_target(targets)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(image)
+        values: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
+        for term in self.terms:
+            value = term(features, image)
+            if term.layer is not None:
+                values[term.name] = value
+            sums[term.kind] = value if term.kind not in sums else sums[term.kind] + value
+        total = sums[self.kinds[0]]
+        for kind in self.kinds[1:]:
+            total = total + sums[kind]
+        return {**values, **sums, "total": total}
+
+
+def normalised_blend(blend: Sequence[float] | None, count: int) -> list[float]:
+    """Blend weights for `count` styles, summing to 1 (default: equal)."""
+    if not blend:
+        return [1.0 / count] * count if count > 1 else [1.0]
+    if len(blend) != count:
+        raise ValueError(f"{len(blend)} blend weights given for {count} style images")
+    if any(not w >= 0 for w in blend) or sum(blend) <= 0:
+        raise ValueError(f"blend weights {list(blend)} must be >= 0 with a positive sum")
+    total = float(sum(blend))
+    return [float(w) / total for w in blend]
+
+
+def layer_weights(weights: Sequence[float] | None, layers: Sequence[int], kind: str) -> list[float]:
+    """One weight per layer: the given ones, or 1 each."""
+    if weights is None or len(weights) == 0:
+        return [1.0] * len(layers)
+    if len(weights) != len(layers):
+        raise ValueError(
+            f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers"
+        )
+    return [float(w) for w in weights]
+
+
+def gatys_terms(
+    content_layers: Sequence[int],
+    style_layers: Sequence[int],
+    content_weight: float = 1.0,
+    style_weight: float = 1e6,
+    tv_weight: float = 0.0,
+    content_layer_weights: Sequence[float] | None = None,
+    style_layer_weights: Sequence[float] | None = None,
+    tv_loss: str = "l1",
+) -> list[Term]:
+    """The write-up's terms: content MSE and Gram MSE per layer (global x per-layer weight), TV."""
+    content_w = layer_weights(content_layer_weights, content_layers, "content")
+    style_w = layer_weights(style_layer_weights, style_layers, "style")
+    return [
+        *(
+            ContentTerm(content_weight * w, layer)
+            for layer, w in zip(content_layers, content_w, strict=True)
+        ),
+        *(
+            StyleTerm(style_weight * w, layer)
+            for layer, w in zip(style_layers, style_w, strict=True)
+        ),
+        TVTerm(tv_weight, norm=tv_loss),
+    ]
+
+
+def gatys_objective(
+    encoder: VGGFeatures,
+    content_image: torch.Tensor,
+    style_images: torch.Tensor | Sequence[torch.Tensor],
+    content_layers: Sequence[int],
+    style_layers: Sequence[int],
+    blend: Sequence[float] | None = None,
+    **weights: object,
+) -> Objective:
+    """`gatys_terms(...)` over `encoder`, with targets from the given images (one or more styles)."""
+    styles = [style_images] if isinstance(style_images, torch.Tensor) else list(style_images)
+    objective = Objective(encoder, gatys_terms(content_layers, style_layers, **weights))  # type: ignore[arg-type]
+    objective.set_targets(content_image, styles, blend)
+    return objective

@@ -1,0 +1,78 @@
+"""Observers the engine ships: a progress bar and a guard against non-finite losses."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from stylelab.engine.loop import Observer, Result, Row, Synthesis
+from stylelab.engine.schedule import Stage
+from stylelab.errors import DivergenceError
+
+ROW_FIELDS = ("step", "stage", "size")
+
+
+class ProgressBar(Observer):
+    """A tqdm bar over all steps of all stages, with the latest loss of each kind."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+        if self.bar is None:
+            assert synthesis.synth is not None
+            self.bar = tqdm(
+                total=synthesis.total_steps, initial=synthesis.synth.step_count, desc="synthesis",
+                unit="step", dynamic_ncols=True, file=sys.stderr, disable=None,
+            )  # fmt: skip
+        if len(synthesis.stages) > 1:
+            self.bar.set_description(f"stage {synthesis.stage_index + 1}, {stage.size} px")
+
+    def on_losses(self, rows: list[Row]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(len(rows))
+        last = rows[-1]
+        kinds = [key for key in last if "/" not in key and key not in ROW_FIELDS]
+        self.bar.set_postfix({key: f"{last[key]:.4g}" for key in kinds}, refresh=False)
+
+    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class NonFiniteGuard(Observer):
+    """Stops the run at the first NaN or infinite loss, keeping the last finite image.
+
+    `save(image)` writes that image somewhere and returns where; the error names the step and
+    the file.
+    """
+
+    def __init__(self, save: Callable[[torch.Tensor], Path]):
+        self.save = save
+        self.synthesis: Synthesis | None = None
+        self.last_finite: torch.Tensor | None = None
+
+    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+        assert synthesis.synth is not None
+        self.synthesis = synthesis
+        self.last_finite = synthesis.synth.display_image.detach().clone()
+
+    def on_losses(self, rows: list[Row]) -> None:
+        synth = self.synthesis.synth if self.synthesis is not None else None
+        # The image now is finite-born only if every evaluation so far had a finite loss.
+        if synth is not None and rows[-1]["step"] == synth.step_count - 1:
+            self.last_finite = synth.display_image.detach().clone()
+
+    def on_nonfinite(self, row: Row) -> None:
+        assert self.last_finite is not None
+        path = self.save(self.last_finite)
+        raise DivergenceError(
+            f"the loss became {row['total']} at step {row['step']}: the last finite image is in "
+            f"{path}; lower optim.lr or the loss weights, or use precision=fp32"
+        )

@@ -1,0 +1,175 @@
+"""Build the engine from a `Config`: the one place that wires images, VGG, objective, schedule
+and optimiser settings, for the runner and the benchmarks alike."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stylelab.config import Config, style_sources
+from stylelab.engine.device import resolve_device
+from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
+from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
+from stylelab.engine.loop import LoopSettings, OptimSettings, Synthesis
+from stylelab.engine.objective import Objective, gatys_terms
+from stylelab.engine.schedule import Stage, make_schedule
+from stylelab.engine.sources import load_source
+from stylelab.engine.synthesis import default_precision, initial_image
+from stylelab.errors import ImageError, StyleLabError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceImages:
+    """The content and style images as loaded, before any resizing."""
+
+    content: Image.Image
+    styles: list[Image.Image]
+
+    @classmethod
+    def load(cls, cfg: Config) -> SourceImages:
+        load = lambda source: load_source(source, cfg.cache_dir)  # noqa: E731
+        return cls(load(cfg.pair.content), [load(source) for source in style_sources(cfg)])
+
+
+class StageImages:
+    """Content and styles resized for a stage, on the device (cached per size)."""
+
+    def __init__(self, sources: SourceImages, cfg: Config, device: torch.device):
+        self.sources, self.device = sources, device
+        self.style_size, self.style_scale = cfg.style_size, cfg.style_scale
+        self.cache: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def style_side(self, size: int) -> int:
+        return self.style_size or max(1, round(self.style_scale * size))
+
+    def __call__(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if size not in self.cache:
+            content = pil_to_tensor(resize_long_side(self.sources.content, size))
+            side = self.style_side(size)
+            styles = [pil_to_tensor(resize_long_side(s, side)) for s in self.sources.styles]
+            self.cache = {size: (content.to(self.device), [s.to(self.device) for s in styles])}
+        return self.cache[size]
+
+
+@dataclass
+class Built:
+    """A ready synthesis and what the runner reports about it."""
+
+    synthesis: Synthesis
+    device: torch.device
+    precision: str
+    images: StageImages
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The inputs as the network sees them at the final size: `content`, `style`,
+        `style_2`, ... (uint8)."""
+        content, styles = self.images(self.synthesis.stages[-1].size)
+        names = ["style", *(f"style_{i}" for i in range(2, len(styles) + 1))]
+        return {
+            "content": tensor_to_uint8(content),
+            **{name: tensor_to_uint8(style) for name, style in zip(names, styles, strict=True)},
+        }
+
+
+def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
+    """Everything a run needs from `cfg` (images from `sources` if given, else loaded)."""
+    device = resolve_device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else default_precision(device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    sources = sources or SourceImages.load(cfg)
+    style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
+    encoder = VGGFeatures(
+        load_vgg19_features(cfg.model.weights, seed=cfg.seed),
+        style_layers + content_layers,
+        cfg.model.pooling,
+    )
+    stages = schedule_of(cfg)
+    images = StageImages(sources, cfg, device)
+    check_sizes(images, stages, encoder)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    objective = Objective(encoder.to(device, memory_format=memory_format), terms_of(cfg))
+    synthesis = Synthesis(
+        objective=objective,
+        stage_images=images,
+        start_image=start_image(cfg, device),
+        stages=stages,
+        optim=OptimSettings(
+            name=cfg.optim.name,
+            lr=cfg.optim.lr,
+            history_size=cfg.optim.history_size,
+            precision=precision,
+            ema=cfg.optim.ema,
+            keep=cfg.keep,
+        ),
+        loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),
+        blend=cfg.pair.style_blend,
+    )
+    return Built(synthesis, device, precision, images)
+
+
+def terms_of(cfg: Config) -> list:
+    """The objective's terms from the layer selection and the loss weights."""
+    try:
+        return gatys_terms(
+            parse_layers(cfg.layers.content),
+            parse_layers(cfg.layers.style),
+            content_weight=cfg.content_weight,
+            style_weight=cfg.style_weight,
+            tv_weight=cfg.tv_weight,
+            content_layer_weights=cfg.layers.content_weights,
+            style_layer_weights=cfg.layers.style_weights,
+            tv_loss=cfg.tv_loss,
+        )
+    except ValueError as error:
+        raise StyleLabError(f"{error}: give one weight per layer") from None
+
+
+def schedule_of(cfg: Config) -> list[Stage]:
+    s = cfg.schedule
+    try:
+        return make_schedule(
+            s.name, cfg.image_size, cfg.steps, s.min_size, s.factor, s.sizes, s.steps
+        )
+    except ValueError as error:
+        raise StyleLabError(f"{error} (schedule=...)") from None
+
+
+def start_image(cfg: Config, device: torch.device):
+    """The first stage's starting image, from `init` (and `init_image`)."""
+    init_source = None
+    if cfg.init == "image":
+        init_source = pil_to_tensor(load_source(cfg.init_image, cfg.cache_dir)).to(device)
+
+    def start(content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
+        return initial_image(cfg.init, content, styles[0], init_source, seed=cfg.seed)
+
+    return start
+
+
+def check_sizes(images: StageImages, stages: list[Stage], encoder: VGGFeatures) -> None:
+    """Every stage's content and style images must be large enough for the deepest layer."""
+    smallest = stages[0].size
+    content, styles = images(smallest)
+    pyramid = len(stages) > 1
+    check_size(content, encoder, "content", "schedule.min_size" if pyramid else "image_size")
+    for style in styles:
+        check_size(style, encoder, "style", "style_size or style_scale")
+
+
+def check_size(image: torch.Tensor, encoder: VGGFeatures, what: str, size_key: str) -> None:
+    side = min(image.shape[-2:])
+    if side < encoder.min_size:
+        deepest = layer_name(encoder.layers[-1])
+        raise ImageError(
+            f"the {what} image is {image.shape[-1]}x{image.shape[-2]} px, too small for layer {deepest}: "
+            f"its shorter side must be at least {encoder.min_size} px (raise {size_key} or use shallower layers)"
+        )

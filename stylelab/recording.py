@@ -1,0 +1,60 @@
+"""Observers that record a synthesis: into the run folder and into the tracker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stylelab.engine.images import tensor_to_uint8
+from stylelab.engine.loop import Observer, Result, Row, Synthesis
+from stylelab.engine.observers import ROW_FIELDS
+from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.tracking import Tracker
+
+
+class RunFolderRecorder(Observer):
+    """Frames, `losses.jsonl`, checkpoints (with `extra`: tracker run id, config), the final
+    image and, when the run finishes, the GIF and a checkpoint without optimiser state."""
+
+    def __init__(self, folder: RunFolder, extra: dict[str, Any], seconds_per_frame: float):
+        self.folder, self.extra, self.seconds_per_frame = folder, extra, seconds_per_frame
+        self.final: np.ndarray | None = None
+
+    def on_frame(self, step: int, image: np.ndarray) -> None:
+        self.folder.save_frame(step, image)
+
+    def on_losses(self, rows: list[Row]) -> None:
+        self.folder.append_losses(rows)
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        self.folder.save_checkpoint({**state, **self.extra})
+
+    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+        self.final = tensor_to_uint8(result.image)
+        self.folder.save_image(FINAL_IMAGE, self.final)
+        if result.status == "finished":
+            self.folder.write_gif(self.final, self.seconds_per_frame)
+            self.on_checkpoint(synthesis.state_dict(with_optimizer=False))
+
+
+class TrackerRecorder(Observer):
+    """Loss rows (`loss/<name>`, plus `stage` and `size`) and frames to the tracker."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_frame(self, step: int, image: np.ndarray) -> None:
+        self.tracker.log_image("synthesis", image, step=step)
+
+    def on_losses(self, rows: list[Row]) -> None:
+        for row in rows:
+            metrics = {
+                (key if key in ROW_FIELDS else f"loss/{key}"): value
+                for key, value in row.items()
+                if key != "step"
+            }
+            self.tracker.log_metrics(int(row["step"]), metrics)
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        self.tracker.flush()
