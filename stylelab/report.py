@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 EXIT_USAGE = 2
-LOSS_TERMS = ("total", "content", "style")
-FINAL_KEYS = ("final/total", "final/content", "final/style", "final/tv", "seconds")
+ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
+INPUT_IMAGES = re.compile(r"^(content|style(_\d+)?)$")  # content.png, style.png, style_2.png, ...
 TABLE_CONFIG = {  # table column: dotted key in the run's config
     "pair": "pair.name",
     "layers": "layers.name",
@@ -59,7 +59,7 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)
-    images: dict[str, Path] = field(default_factory=dict)  # final, content, style
+    images: dict[str, Path] = field(default_factory=dict)  # final, content, style, style_2...
 
     @property
     def status(self) -> str:
@@ -167,15 +167,27 @@ def load_job(folder: Path) -> Job:
         for line in (folder / "losses.jsonl").read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
                 losses.append(json.loads(line))
-    images = {key: folder / f"{key}.png" for key in ("final", "content", "style")}
-    return Job(
-        folder.name,
-        parse_overrides(overrides),
-        config,
-        summary,
-        losses,
-        {key: path for key, path in images.items() if path.exists()},
-    )
+    images = {
+        path.stem: path
+        for path in sorted(folder.glob("*.png"))
+        if path.stem == "final" or INPUT_IMAGES.match(path.stem)
+    }
+    return Job(folder.name, parse_overrides(overrides), config, summary, losses, images)
+
+
+def loss_kinds(jobs: list[Job]) -> list[str]:
+    """The loss kinds the runs logged (`total` first), from their loss rows: every key that
+    names neither a single layer's term (`style/conv1_1`) nor the row's step, stage or size."""
+    kinds = ["total"]
+    for job in jobs:
+        for row in job.losses[:1]:
+            kinds += [k for k in row if "/" not in k and k not in ROW_FIELDS and k not in kinds]
+    return kinds
+
+
+def final_keys(jobs: list[Job]) -> list[str]:
+    """The summary's final loss of each kind, then the wall time."""
+    return [f"final/{kind}" for kind in loss_kinds(jobs)] + ["seconds"]
 
 
 def load_jobs(folder: str | Path) -> list[Job]:
@@ -203,7 +215,8 @@ def job_from_wandb(run: Any, download_dir: str | Path) -> Job:
     final/content/style images, downloaded into `download_dir/<run id>/`."""
     summary = dict(run.summary_metrics)
     summary.setdefault("status", run.state)
-    keys = ["step", *(f"loss/{term}" for term in (*LOSS_TERMS, "tv"))]
+    loss_keys = [k for k in summary if k.startswith("loss/") and k.count("/") == 1]
+    keys = ["step", *loss_keys]
     losses = [
         {"step": row["step"], **{key.removeprefix("loss/"): row.get(key) for key in keys[1:]}}
         for row in run.scan_history(keys=keys)
@@ -213,8 +226,10 @@ def job_from_wandb(run: Any, download_dir: str | Path) -> Job:
         if key not in job.overrides and job.value(key) is not None:
             job.overrides[key] = str(job.value(key))
     folder = Path(download_dir) / run.id
-    for key in ("final", "content", "style"):
+    for key in [k.removeprefix("images/") for k in summary if k.startswith("images/")]:
         media = summary.get(f"images/{key}")
+        if key != "final" and not INPUT_IMAGES.match(key):
+            continue
         if isinstance(media, dict) and media.get("path"):
             run.file(media["path"]).download(root=str(folder), replace=True)
             job.images[key] = folder / media["path"]
@@ -290,12 +305,12 @@ def data_uri(path: Path) -> str:
 def loss_figure(
     jobs: list[Job],
     run_label: Callable[[Job], str] | None = None,
-    terms: Iterable[str] = LOSS_TERMS,
+    terms: Iterable[str] | None = None,
 ):
     """A matplotlib Figure: one log-scale panel per loss term, one line per run (Agg, no pyplot)."""
     from matplotlib.figure import Figure
 
-    terms = list(terms)
+    terms = list(terms) if terms is not None else loss_kinds(jobs)
     run_label = run_label or (lambda job: job.name)
     figure = Figure(figsize=(5 * len(terms), 4.2), layout="constrained")
     axes = figure.subplots(1, len(terms), squeeze=False)[0]
@@ -380,8 +395,8 @@ def inputs_html(jobs: list[Job]) -> str:
     figures = [
         f'<figure><img src="{data_uri(job.images[key])}" alt="{key}"><figcaption>{html.escape(pair)}: {key}</figcaption></figure>'
         for pair, job in seen.items()
-        for key in ("content", "style")
-        if key in job.images
+        for key in job.images
+        if key != "final"
     ]
     return f'<div class="inputs">{"".join(figures)}</div>'
 
@@ -389,7 +404,8 @@ def inputs_html(jobs: list[Job]) -> str:
 def table_html(jobs: list[Job], keys: list[str]) -> str:
     """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
     columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
-    head = ["job", "status", *columns, *FINAL_KEYS, "error"]
+    finals = final_keys(jobs)
+    head = ["job", "status", *columns, *finals, "error"]
     rows = []
     for job in jobs:
         values = [job.value(key) for key in columns]
@@ -400,7 +416,7 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
         cells += [
             f'<td data-sort="{html.escape(v or "")}">{html.escape(label(v))}</td>' for v in values
         ]
-        for key in FINAL_KEYS:
+        for key in finals:
             number = as_float(job.summary.get(key))
             text = f"{number:.4g}" if number is not None else ""
             cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')

@@ -213,7 +213,8 @@ def test_wandb_runs_become_jobs(tmp_path: Path) -> None:
     }
     runs = [
         FakeRun(id="b2", name="layers=approach2", state="finished", created_at="2024-01-02", config=config,
-                summary_metrics={"status": "finished", "final/total": 1.5, "images/final": {"path": "media/f.png"}}),
+                summary_metrics={"status": "finished", "final/total": 1.5, "images/final": {"path": "media/f.png"},
+                                 "loss/total": {"min": 1.0}, "loss/style/conv1_1": 0.5}),
         FakeRun(id="a1", name="renamed by hand", state="crashed", created_at="2024-01-01", config=config, summary_metrics={}),
     ]  # fmt: skip
     api = SimpleNamespace(runs=lambda path, filters: runs if filters == {"group": "g"} else [])

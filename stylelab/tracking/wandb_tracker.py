@@ -169,12 +169,8 @@ class WandbTracker(Tracker):
         assert self.info is not None
         hyper = {key: str(value) for key, value in self.info.swept.items()}
         finals = {key: value for key, value in summary.items() if key.startswith("final/")}
-        columns = ["content", "style", "output", *hyper, *finals]
-        images = [
-            wandb.Image(thumbnail(inputs["content"])),
-            wandb.Image(thumbnail(inputs["style"])),
-            wandb.Image(thumbnail(final_image)),
-        ]
+        columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
+        images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])
 
     def _log(self, row: dict[str, Any], step: int) -> None:
