@@ -50,3 +50,16 @@ def test_bench_cpu_reports_json(tmp_path) -> None:
     assert result["memory"] == {"skipped": "needs CUDA"}
     assert result["targets"]["met"].keys() == {"speedup"}
     assert result["env"]["device"] == "cpu"
+
+
+def test_pyramid_time_to_quality_runs_and_reports_every_field(tmp_path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "pyramid.py"), "--device", "cpu"]
+    command += ["--size", "48", "--steps", "4", "--min-size", "32", "--coarse-steps", "2"]
+    command += ["--out", str(tmp_path / "pyramid.json")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "pyramid.json").read_text())
+    assert result["pyramid_sizes"] == [32, 45, 48] and result["single_seconds"] > 0
+    assert math.isfinite(result["target_total"]) and result["pyramid_final_stage_evals"] >= 1
+    assert {"pyramid_seconds_to_target", "time_ratio", "pyramid_best_in_single_time"} <= set(result)

@@ -49,8 +49,9 @@ def test_every_pair_composes_and_shipped_sources_are_set(pair: str) -> None:
     for key in ("content", "style"):
         if OmegaConf.is_missing(cfg.pair, key):
             continue  # a picture the user supplies
-        value = cfg.pair[key]
-        assert value.startswith(("skimage:", "https://")), value
+        values = cfg.pair[key] if OmegaConf.is_list(cfg.pair[key]) else [cfg.pair[key]]
+        for value in values:  # a style may be a list of sources (a blend)
+            assert value.startswith(("skimage:", "https://")), value
 
 
 def test_layer_presets_match_the_write_up() -> None:
