@@ -42,9 +42,9 @@ class OptimConfig:
     name: str = "lbfgs"  # lbfgs | adam
     lr: float = 1.0
     history_size: int = 100  # L-BFGS only
-    ema: float = (
-        0.0  # averaged iterate: 0 off, else the decay (e.g. 0.9); frames and output show it
-    )
+    ema: float = 0.0  # averaged iterate shown and returned: 0 off, else its decay (0.9)
+    tolerance: float = 0.0  # 0: off; else stop once the best total falls by less than this ...
+    window: int = 50  # ... (relative) over the last `window` evaluations (last stage only)
 
 
 @dataclass
@@ -176,4 +176,6 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.keep in KEEPS, f"keep={cfg.keep}: use last or best"),
         (cfg.tv_loss in TV_KINDS, f"tv_loss={cfg.tv_loss}: use l1 or l2"),
         (0 <= cfg.optim.ema < 1, f"optim.ema={cfg.optim.ema}: use 0 (off) or a decay in (0, 1)"),
+        (cfg.optim.tolerance >= 0, f"optim.tolerance={cfg.optim.tolerance}: must be >= 0"),
+        (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),
     ]

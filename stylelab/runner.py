@@ -18,7 +18,7 @@ import torch
 
 from stylelab.config import Config, style_sources, validate
 from stylelab.engine.loop import Result
-from stylelab.engine.observers import NonFiniteGuard, ProgressBar
+from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis
 from stylelab.outputs import FINAL_IMAGE, RunFolder
@@ -118,9 +118,14 @@ def _synthesize(
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
     observers = [guard, TrackerRecorder(tracker), recorder, ProgressBar()]
+    if cfg.optim.tolerance:
+        observers.append(ConvergenceStop(cfg.optim.tolerance, cfg.optim.window))
     result = synthesis.run(observers, lambda: bool(received), resume=checkpoint)
     if result.status == "interrupted":
         raise Interrupted(received[0], result.step)
+    if result.stopped_early:
+        log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
+                 result.stopped_early)  # fmt: skip
     summary = summarize(result, built, cfg, folder)
     folder.write_summary(summary)
     gif = folder.root / "synthesis.gif"
@@ -155,6 +160,7 @@ def summarize(result: Result, built: Built, cfg: Config, folder: RunFolder) -> d
         **{f"final/{k}": v for k, v in row.items() if k not in ("step", "stage", "size")},
         "steps": result.step,
         "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
         "kept": "ema" if cfg.optim.ema else cfg.keep,
         "seconds": seconds,
         "evaluations_per_second": result.evaluations / seconds if seconds > 0 else float("nan"),

@@ -57,7 +57,9 @@ def test_pyramid_time_to_quality_runs_and_reports_every_field(tmp_path) -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "pyramid.py"), "--device", "cpu"]
     command += ["--size", "48", "--steps", "4", "--min-size", "32", "--coarse-steps", "2"]
     command += ["--out", str(tmp_path / "pyramid.json")]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "pyramid.json").read_text())
     assert result["pyramid_sizes"] == [32, 45, 48] and result["single_seconds"] > 0

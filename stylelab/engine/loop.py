@@ -59,6 +59,7 @@ class Result:
     best_total: float
     evaluations: int  # in this process (a resumed run counts from where it resumed)
     seconds: float
+    stopped_early: str | None = None  # why the last stage ended before its steps ran out
 
 
 class Observer:
@@ -122,6 +123,12 @@ class Synthesis:
     blend: Sequence[float] | None = None
     synth: Synthesizer | None = None  # the current stage's
     stage_index: int = 0
+    stop_reason: str | None = None  # set by `finish_early`
+
+    def finish_early(self, reason: str) -> None:
+        """Called by an observer: end the run (in its last stage) after the current step."""
+        if self.stage_index == len(self.stages) - 1:
+            self.stop_reason = reason
 
     @property
     def total_steps(self) -> int:
@@ -187,7 +194,7 @@ class _Run:
         loop = self.synthesis.loop
         if self.first_step is None:
             self.first_step = synth.step_count
-        while synth.step_count < stage.end:
+        while synth.step_count < stage.end and self.synthesis.stop_reason is None:
             step = synth.step_count
             if step % loop.image_every == 0:
                 self.notify("on_frame", step, tensor_to_uint8(synth.display_image))
@@ -235,6 +242,7 @@ class _Run:
             best_total=best_total,
             evaluations=synth.step_count - (self.first_step or 0),
             seconds=time.perf_counter() - self.started,
+            stopped_early=synthesis.stop_reason,
         )
         self.notify("on_end", synthesis, result)
         return result

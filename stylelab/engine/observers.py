@@ -76,3 +76,31 @@ class NonFiniteGuard(Observer):
             f"the loss became {row['total']} at step {row['step']}: the last finite image is in "
             f"{path}; lower optim.lr or the loss weights, or use precision=fp32"
         )
+
+
+class ConvergenceStop(Observer):
+    """Ends the run (in its last stage) once the best total improved by less than `tolerance`
+    (relative) over the last `window` evaluations."""
+
+    def __init__(self, tolerance: float, window: int):
+        self.tolerance, self.window = tolerance, window
+        self.synthesis: Synthesis | None = None
+        self.best: list[tuple[int, float]] = []  # (step, best total so far) in the last stage
+
+    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+        self.synthesis, self.best = synthesis, []
+
+    def on_losses(self, rows: list[Row]) -> None:
+        for row in rows:
+            best = min(row["total"], self.best[-1][1]) if self.best else row["total"]
+            self.best.append((int(row["step"]), best))
+        step, now = self.best[-1]
+        earlier = [value for s, value in self.best if s <= step - self.window]
+        if not earlier or self.synthesis is None:
+            return
+        change = (earlier[-1] - now) / max(abs(earlier[-1]), 1e-30)
+        if change < self.tolerance:
+            self.synthesis.finish_early(
+                f"converged: the best total fell by {change:.2%} over the last {self.window} "
+                f"evaluations (optim.tolerance={self.tolerance:g})"
+            )
