@@ -74,6 +74,7 @@ class LoggerConfig:
     job_type: str = "synthesis"
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
+    init_timeout: float = 15.0  # seconds to wait for the W&B server before logging offline
 
 
 @dataclass

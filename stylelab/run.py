@@ -144,6 +144,7 @@ def logger_options(config: Config) -> dict[str, Any]:
         "entity": config.logger.entity,
         "job_type": config.logger.job_type,
         "notes": config.logger.notes,
+        "init_timeout": config.logger.init_timeout,
     }
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stylelab.errors import StyleLabError
 from stylelab.tracking import NullTracker, RunInfo, make_tracker
 from stylelab.tracking import wandb_tracker as wt
 
@@ -44,7 +45,7 @@ def test_auto_honours_wandb_mode(no_key: Path, monkeypatch, env: str) -> None:
 def test_explicit_mode_wins_and_unknown_mode_fails(no_key: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wt.resolve_mode("disabled") == "disabled"
-    with pytest.raises(ValueError, match=r"logger\.mode"):
+    with pytest.raises(StyleLabError, match=r"logger\.mode=sometimes: use one of auto, online"):
         wt.resolve_mode("sometimes")
 
 
@@ -74,5 +75,5 @@ def test_unreachable_wandb_falls_back_to_offline(no_key: Path, monkeypatch, tmp_
 
 def test_make_tracker() -> None:
     assert isinstance(make_tracker("none"), NullTracker)
-    with pytest.raises(ValueError, match="unknown logger"):
+    with pytest.raises(StyleLabError, match=r"logger\.name=tensorboard: use wandb or none"):
         make_tracker("tensorboard")

@@ -72,7 +72,8 @@ def test_one_history_row_per_step_with_every_loss(sweep: list[Path]) -> None:
         rows = [h["item"] for h in records_of(wandb_records(job), "history")]
         loss_rows = [row for row in rows if "loss/total" in row]
         assert [row["step"] for row in loss_rows] == list(range(STEPS))
-        assert len(rows) == STEPS  # images, GIF and table ride on the step rows
+        # frames ride on their step's row; the final image, GIF and table on one row after them
+        assert len(rows) == STEPS + 1 and rows[-1]["step"] == STEPS
         first = loss_rows[0]
         for key in ("loss/content", "loss/style", "loss/tv"):
             assert key in first

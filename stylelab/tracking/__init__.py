@@ -1,16 +1,16 @@
 """Experiment tracking behind one small interface (`Tracker`); the engine never imports W&B."""
 
-from stylelab.tracking.base import BackgroundTracker, NullTracker, RunInfo, Tracker
+from stylelab.tracking.base import BackgroundTracker, NullTracker, RunInfo, Tracker, TrackerError
 
-__all__ = ["BackgroundTracker", "NullTracker", "RunInfo", "Tracker", "make_tracker"]
+__all__ = ["BackgroundTracker", "NullTracker", "RunInfo", "Tracker", "TrackerError", "make_tracker"]
 
 
 def make_tracker(name: str, **options) -> Tracker:
-    """`wandb` or `none`."""
+    """`wandb` or `none`; raises `TrackerError` for a bad name or option."""
     if name == "none":
         return NullTracker()
     if name == "wandb":
         from stylelab.tracking.wandb_tracker import WandbTracker
 
         return BackgroundTracker(WandbTracker(**options))
-    raise ValueError(f"unknown logger '{name}': use wandb or none")
+    raise TrackerError(f"logger.name={name}: use wandb or none")

@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from stylelab.errors import StyleLabError
+
 log = logging.getLogger(__name__)
+
+
+class TrackerError(StyleLabError):
+    """The tracker cannot be set up, or lost records it was given (e.g. a full disk)."""
 
 
 @dataclass
@@ -28,9 +34,14 @@ class RunInfo:
 
 
 class Tracker:
-    """Receives a run's metrics and images. Every method is optional to override."""
+    """Receives a run's metrics and images. Every method is optional to override.
+
+    A tracker never stops the synthesis by itself: a record it cannot write is kept in `error`
+    and raised as `TrackerError` by the next `flush()`, or by `finish(0, ...)`.
+    """
 
     run_id: str | None = None
+    error: TrackerError | None = None  # the first write failure, until raised
 
     def start(self, info: RunInfo) -> None:
         """Open the run."""
@@ -44,7 +55,11 @@ class Tracker:
         """A uint8 (H, W, 3) image; `step=None` for one-off images (inputs)."""
 
     def flush(self) -> None:
-        """Return once everything logged so far has been handed on (before a checkpoint)."""
+        """Return once everything logged so far is written; call before each checkpoint.
+
+        Raises `TrackerError` if a record was lost (then the run must fail, not checkpoint).
+        """
+        raise_error(self)
 
     def finish(
         self,
@@ -54,7 +69,34 @@ class Tracker:
         gif_path: Path | None = None,
         inputs: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Close the run; always called, with a non-zero exit code when the run failed."""
+        """Close the run; always called, with a non-zero exit code when the run failed.
+
+        With exit code 0, raises `TrackerError` if a record was lost; otherwise only logs it.
+        """
+        report_at_finish(self, exit_code)
+
+
+def raise_error(tracker: Tracker) -> None:
+    """Raise the tracker's recorded failure once (later calls find it cleared)."""
+    error, tracker.error = tracker.error, None
+    if error is not None:
+        raise error
+
+
+def record_error(tracker: Tracker, message: str) -> None:
+    """Keep the first failure of `tracker` (one line) to raise later; warn now."""
+    log.warning("%s", message)
+    if tracker.error is None:
+        tracker.error = TrackerError(message)
+
+
+def report_at_finish(tracker: Tracker, exit_code: int) -> None:
+    """At `finish`: raise the failure of a run that otherwise succeeded; log it for a failed run."""
+    if exit_code == 0:
+        raise_error(tracker)
+    elif tracker.error is not None:
+        log.error("%s", tracker.error)
+        tracker.error = None
 
 
 class NullTracker(Tracker):
@@ -85,8 +127,18 @@ class BackgroundTracker(Tracker):
             method, args = item
             try:
                 method(*args)
-            except Exception as error:  # a tracker problem never stops the synthesis
-                log.warning("tracker call failed: %s", error)
+            except TrackerError as error:  # from inner.flush: already logged
+                self.error = self.error or error
+            except Exception as error:  # kept for flush/finish; the synthesis goes on
+                name = getattr(method, "__name__", "call")
+                record_error(self, f"tracker {name} failed: {str(error).splitlines()[0]}")
+
+    def _pending_error(self) -> None:
+        """Move the inner tracker's failure here, so it is raised once."""
+        if self.inner.error is not None:
+            if self.error is None:
+                self.error = self.inner.error
+            self.inner.error = None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.queue.put((self.inner.log_metrics, (step, metrics)))
@@ -97,15 +149,29 @@ class BackgroundTracker(Tracker):
         self.queue.put((self.inner.log_image, (key, image, step, caption)))
 
     def flush(self) -> None:
-        if self.thread is not None:
+        """Wait until the worker has handed everything queued to `inner`, then flush `inner`."""
+        if self.thread is not None and self.thread.is_alive():
             done = threading.Event()
+            self.queue.put((self.inner.flush, ()))
             self.queue.put((done.set, ()))
             done.wait()
-        self.inner.flush()
+        else:
+            try:
+                self.inner.flush()
+            except TrackerError as error:
+                self.error = self.error or error
+        self._pending_error()
+        raise_error(self)
 
     def finish(self, exit_code, summary, final_image=None, gif_path=None, inputs=None) -> None:
         if self.thread is not None:
             self.queue.put(None)
             self.thread.join()
             self.thread = None
-        self.inner.finish(exit_code, summary, final_image, gif_path, inputs)
+        self._pending_error()
+        try:
+            self.inner.finish(exit_code, summary, final_image, gif_path, inputs)
+        except TrackerError as error:
+            self.error = self.error or error
+        self._pending_error()
+        report_at_finish(self, exit_code)

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from stylelab.tracking.base import RunInfo, Tracker
+from stylelab.tracking.base import (
+    RunInfo,
+    Tracker,
+    TrackerError,
+    raise_error,
+    record_error,
+    report_at_finish,
+)
+from stylelab.tracking.wandb_file import RunFileReader
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
 THUMBNAIL = 128
+PROJECT_MAX_LEN = 128  # wandb.Settings.validate_project
+PROJECT_BAD_CHARS = "/\\#?%:"
+FILE_FLUSH_SECONDS = 0.25  # how often W&B writes its buffered records to the .wandb file
+WRITE_TIMEOUT_SECONDS = 10.0  # how long flush() waits for W&B to write before calling it lost
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def has_api_key() -> bool:
@@ -32,16 +51,70 @@ def has_api_key() -> bool:
         return False
 
 
+def clear_blank_mode() -> None:
+    """An exported but empty WANDB_MODE means unset (wandb itself rejects it)."""
+    if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
+        del os.environ["WANDB_MODE"]
+
+
 def resolve_mode(mode: str) -> str:
     """`auto`: WANDB_MODE if set, else online with an API key and offline without."""
     if mode not in MODES:
-        raise ValueError(f"unknown logger.mode '{mode}': use one of {', '.join(MODES)}")
+        raise TrackerError(f"logger.mode={mode}: use one of {', '.join(MODES)}")
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE", "").strip().lower()
     if env in ("online", "offline", "disabled", "dryrun", "run"):
         return {"dryrun": "offline", "run": "online"}.get(env, env)
     return "online" if has_api_key() else "offline"
+
+
+def check_project(project: str) -> None:
+    """W&B's own rule for project names, checked before anything starts."""
+    bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})
+    if not project.strip() or len(project) > PROJECT_MAX_LEN or bad:
+        raise TrackerError(
+            f"logger.project={project!r}: a W&B project name needs 1 to {PROJECT_MAX_LEN} "
+            f"characters and none of {' '.join(PROJECT_BAD_CHARS)}"
+            + (f" (found {' '.join(bad)})" if bad else f" (has {len(project)})")
+        )
+
+
+class _StopWaiting(BaseException):
+    """Raised by the signal handler to abandon a W&B call (wandb catches only Exception)."""
+
+
+@contextlib.contextmanager
+def stop_on_signal(received: list[int]) -> Iterator[None]:
+    """While waiting on W&B, SIGINT/SIGTERM abandon the wait at once (noted in `received`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise _StopWaiting
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def no_error_reports() -> Iterator[None]:
+    """wandb 0.31 reports a failed online start to the same server at exit, hanging 20 s more
+    when it is unreachable; skip that report unless WANDB_ERROR_REPORTING is set."""
+    if "WANDB_ERROR_REPORTING" in os.environ:
+        yield
+        return
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_ERROR_REPORTING", None)
 
 
 def thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
@@ -52,8 +125,31 @@ def thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
     return np.asarray(picture)
 
 
+def abandon_service() -> None:
+    """End wandb-core after an abandoned online start: it would keep the process alive at exit
+    until init_timeout ran out. The next wandb.init starts a fresh one (private wandb 0.31 API,
+    so every step is optional)."""
+    import wandb
+    from wandb.sdk import wandb_setup
+
+    connection = getattr(wandb_setup.singleton(), "_connection", None)
+    process = getattr(getattr(connection, "_proc", None), "_process", None)
+
+    def teardown() -> None:
+        with contextlib.suppress(BaseException):  # SystemExit(-9) once the process is killed
+            wandb.teardown()
+
+    thread = threading.Thread(target=teardown, name="wandb-teardown", daemon=True)
+    thread.start()
+    thread.join(0.5)
+    if thread.is_alive() and process is not None:
+        process.kill()
+        thread.join(5)
+
+
 class WandbTracker(Tracker):
-    """Logs a run to W&B; never lets a W&B problem stop the synthesis."""
+    """Logs a run to W&B; a W&B problem never stops the synthesis, but lost records fail the run
+    at the next `flush()` or at `finish()` (see `Tracker`)."""
 
     def __init__(
         self,
@@ -62,19 +158,24 @@ class WandbTracker(Tracker):
         entity: str | None = None,
         job_type: str = "synthesis",
         notes: str | None = None,
+        init_timeout: float = 15.0,
     ):
+        clear_blank_mode()
         self.mode = resolve_mode(mode)
+        check_project(project)
+        if not init_timeout > 0:
+            raise TrackerError(f"logger.init_timeout={init_timeout}: must be > 0 seconds")
         self.project, self.entity, self.job_type, self.notes = project, entity, job_type, notes
+        self.init_timeout = float(init_timeout)
         self.run: Any = None
         self.run_id: str | None = None
         self.info: RunInfo | None = None
         self.pending: dict[int | None, dict[str, Any]] = {}  # images waiting for their step's row
         self.last_step: int | None = None
         self.defined: set[str] = set()  # metrics given a summary
+        self.written: RunFileReader | None = None  # what W&B has put on disk
 
     def start(self, info: RunInfo) -> None:
-        import wandb
-
         self.info = info
         kwargs = dict(
             project=self.project,
@@ -89,19 +190,54 @@ class WandbTracker(Tracker):
             id=info.resume_id,
             resume="allow" if info.resume_id else None,
         )
-        try:
-            self.run = wandb.init(mode=self.mode, **kwargs)
-        except Exception as error:  # network, auth or server trouble: never lose the run
-            if self.mode != "online":
-                raise
-            log.warning("W&B unreachable (%s): logging offline instead", str(error).splitlines()[0])
-            self.mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
+        received: list[int] = []
+        if self.mode == "online":
+            self.run = self._init_online(kwargs, received)
+        if self.run is None:
+            self.run = self._init(self.mode, kwargs)
         self.run_id = self.run.id
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
+        sync_file = Path(self.run.settings.sync_file or "")
+        if self.mode != "disabled" and sync_file.is_file():
+            self.written = RunFileReader(sync_file)
         if self.mode == "offline":
             log.info("W&B is offline; upload later with: wandb sync %s", Path(self.run.dir).parent)
+        for signum in received:  # hand Ctrl-C to whoever handled it before (the runner)
+            signal.raise_signal(signum)
+
+    def _init(self, mode: str, kwargs: dict[str, Any], **settings: Any) -> Any:
+        import wandb
+
+        if "x_transaction_log_flush_interval" in wandb.Settings.model_fields:
+            settings["x_transaction_log_flush_interval"] = FILE_FLUSH_SECONDS
+        return wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
+
+    def _init_online(self, kwargs: dict[str, Any], received: list[int]) -> Any:
+        """The online run, or None (after removing its empty folder) when W&B does not answer
+        within `init_timeout` or a stop signal arrives meanwhile."""
+        import wandb  # before the signal handler: an interrupted import breaks the module
+
+        wandb.setup()
+        wandb_dir = Path(kwargs["dir"]) / "wandb"
+        before = set(wandb_dir.glob("run-*"))
+        log.info(
+            "contacting W&B (up to %g s; Ctrl-C to stop the run, logger.mode=offline to skip)",
+            self.init_timeout,
+        )
+        try:
+            with no_error_reports(), stop_on_signal(received):
+                # quiet: no "logged in as" lookup, which costs two more timeouts when unreachable
+                return self._init("online", kwargs, init_timeout=self.init_timeout, quiet=True)
+        except (Exception, _StopWaiting) as error:
+            reason = "stopped by a signal" if received else str(error).splitlines()[0]
+            log.warning("W&B unreachable (%s): logging offline instead", reason)
+            if received:
+                abandon_service()
+        for ghost in set(wandb_dir.glob("run-*")) - before:
+            shutil.rmtree(ghost, ignore_errors=True)
+        self.mode = "offline"
+        return None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.run is None:
@@ -126,40 +262,72 @@ class WandbTracker(Tracker):
             return
         import wandb
 
-        # uint8 on purpose: wandb 0.31 logs float images as black.
-        self.pending.setdefault(step, {})[f"images/{key}"] = wandb.Image(
-            np.ascontiguousarray(image, dtype=np.uint8), caption=caption or None
-        )
+        try:  # uint8 on purpose: wandb 0.31 logs float images as black.
+            self.pending.setdefault(step, {})[f"images/{key}"] = wandb.Image(
+                np.ascontiguousarray(image, dtype=np.uint8), caption=caption or None
+            )
+        except Exception as error:  # e.g. no space left for the PNG
+            self._lost(f"could not store image {key} ({str(error).splitlines()[0]})")
+
+    def flush(self) -> None:
+        """Return once the .wandb file holds every row logged so far (SIGKILL-safe)."""
+        if self.run is not None and self.last_step is not None:
+            step = self.last_step
+            self._wait_written(
+                lambda r: r.last_step is not None and r.last_step >= step, f"step {step}"
+            )
+        raise_error(self)
+
+    def _wait_written(self, done: Callable[[RunFileReader], bool], what: str) -> None:
+        """Poll the .wandb file until `done`; past WRITE_TIMEOUT_SECONDS the records count as lost."""
+        if self.written is None:
+            return
+        deadline = time.monotonic() + WRITE_TIMEOUT_SECONDS
+        while True:
+            self.written.update()
+            if done(self.written):
+                return
+            if time.monotonic() > deadline:
+                self._lost(f"{what} not in {self.written.path} after {WRITE_TIMEOUT_SECONDS:g} s")
+                return
+            time.sleep(0.02)
 
     def finish(self, exit_code, summary, final_image=None, gif_path=None, inputs=None) -> None:
         if self.run is None:
+            report_at_finish(self, exit_code)
             return
-        import wandb
-
         try:
-            row: dict[str, Any] = {}
-            for images in self.pending.values():
-                row.update(images)
-            self.pending = {}
-            if final_image is not None:
-                row["images/final"] = wandb.Image(final_image, caption="final")
-                if inputs and self.info is not None:
-                    row["comparison"] = self._table(final_image, inputs, summary)
-            if gif_path is not None and Path(gif_path).exists():
-                row["synthesis_gif"] = wandb.Video(str(gif_path), format="gif")
-            if row:
-                self._log(row, self.last_step if self.last_step is not None else 0)
-            self.run.summary.update(
-                {key: value for key, value in summary.items() if value is not None}
-            )
+            self._log_final(summary, final_image, gif_path, inputs)
         except Exception as error:
-            log.warning("W&B: could not log the final records (%s)", error)
+            self._lost(f"could not log the final records ({str(error).splitlines()[0]})")
         finally:
             run, self.run = self.run, None
             try:
                 run.finish(exit_code=exit_code)
             except Exception as error:  # e.g. wandb-core already gone after a SIGTERM
-                log.warning("W&B: could not finish the run cleanly (%s)", error)
+                self._lost(f"could not finish the run cleanly ({str(error).splitlines()[0]})")
+        if self.error is None:
+            self._wait_written(lambda r: r.exited, "the end of the run")
+        report_at_finish(self, exit_code)
+
+    def _log_final(self, summary, final_image, gif_path, inputs) -> None:
+        """The final image, the GIF and the table as one more row after the last step."""
+        import wandb
+
+        row: dict[str, Any] = {}
+        for images in self.pending.values():
+            row.update(images)
+        self.pending = {}
+        if final_image is not None:
+            row["images/final"] = wandb.Image(final_image, caption="final")
+            if inputs and self.info is not None:
+                row["comparison"] = self._table(final_image, inputs, summary)
+        if gif_path is not None and Path(gif_path).exists():
+            row["synthesis_gif"] = wandb.Video(str(gif_path), format="gif")
+        if row:
+            step = self.last_step + 1 if self.last_step is not None else 0
+            self._log({"step": step, **row}, step)
+        self.run.summary.update({key: value for key, value in summary.items() if value is not None})
 
     def _table(
         self, final_image: np.ndarray, inputs: dict[str, np.ndarray], summary: dict[str, Any]
@@ -174,8 +342,17 @@ class WandbTracker(Tracker):
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])
 
     def _log(self, row: dict[str, Any], step: int) -> None:
+        """One committed row: W&B writes it out at its next file flush, not at the next row."""
         try:
-            self.run.log(row, step=step)
+            self.run.log(row, step=step, commit=True)
             self.last_step = step
         except Exception as error:
-            log.warning("W&B: could not log step %d (%s)", step, error)
+            self._lost(f"could not log step {step} ({str(error).splitlines()[0]})")
+
+    def _lost(self, detail: str) -> None:
+        where = self.info.run_dir if self.info is not None else "the run folder"
+        record_error(
+            self,
+            f"W&B lost records: {detail}; losses and images are complete in {where}; "
+            "free disk space (or fix the cause) and rerun, or use logger=none",
+        )
