@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,13 @@ def _json_value(value: Any) -> Any:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(
+            json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, default=str)
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half file behind
 
 
 class RunFolder:
@@ -90,8 +97,20 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
         tmp = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)
+        try:
+            torch.save(state, tmp)
+            tmp.replace(self.checkpoint_path)
+        except RuntimeError as error:  # torch reports a full disk as "unexpected pos ..."
+            full = shutil.disk_usage(self.root).free < 1 << 20
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO,
+                os.strerror(errno.ENOSPC)
+                if full
+                else f"torch.save failed: {str(error).splitlines()[0]}",
+                str(tmp),
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)  # the previous checkpoint stays whole
         return self.checkpoint_path
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from stylelab.engine.sources import load_source
 from stylelab.engine.synthesis import Synthesizer, default_precision, initial_image
 from stylelab.errors import DivergenceError, ImageError, StyleLabError
 from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.resources import check_memory
 from stylelab.signals import Interrupted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
@@ -37,9 +38,10 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Content and style images as (1, 3, H, W) tensors, resized to image_size / style_size."""
-    content = resize_long_side(load_source(cfg.pair.content, cfg.cache_dir), cfg.image_size)
+    limit = cfg.max_input_pixels
+    content = resize_long_side(load_source(cfg.pair.content, cfg.cache_dir, limit), cfg.image_size)
     style = resize_long_side(
-        load_source(cfg.pair.style, cfg.cache_dir), cfg.style_size or cfg.image_size
+        load_source(cfg.pair.style, cfg.cache_dir, limit), cfg.style_size or cfg.image_size
     )
     return pil_to_tensor(content), pil_to_tensor(style)
 
@@ -159,6 +161,7 @@ def _synthesize(
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     content, style = load_pair(cfg)
+    check_memory(cfg, device, content.shape[-1] * content.shape[-2])
     style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
     encoder = VGGFeatures(
         load_vgg19_features(cfg.model.weights, seed=cfg.seed),
@@ -195,7 +198,9 @@ def _synthesize(
     )
     init_source = None
     if cfg.init == "image":
-        init_source = pil_to_tensor(load_source(cfg.init_image, cfg.cache_dir)).to(device)
+        init_source = pil_to_tensor(
+            load_source(cfg.init_image, cfg.cache_dir, cfg.max_input_pixels)
+        ).to(device)
     start = initial_image(cfg.init, content, style, init_source, seed=cfg.seed)
     synth = Synthesizer(
         loss, start, cfg.optim.name, cfg.optim.lr, cfg.optim.history_size, precision=precision
