@@ -98,7 +98,8 @@ class RunFolder:
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
         tmp = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".tmp")
         try:
-            torch.save(state, tmp)
+            with tmp.open("wb") as file:  # closed on failure: an open file keeps its disk space
+                torch.save(state, file)
             tmp.replace(self.checkpoint_path)
         except RuntimeError as error:  # torch reports a full disk as "unexpected pos ..."
             full = shutil.disk_usage(self.root).free < 1 << 20

@@ -136,7 +136,9 @@ def main(cfg: DictConfig) -> float:
     except (StyleLabError, OSError) as error:
         if cfg.get("debug"):
             traceback.print_exc()
-        message = str(error) if isinstance(error, StyleLabError) else describe_os_error(error)
+        message = (
+            str(error) if isinstance(error, StyleLabError) else describe_os_error(error, run_dir)
+        )
         log.error("%s", message)
         record_failure(run_dir, message, overwrite=not started or isinstance(error, OSError))
         if multirun:
