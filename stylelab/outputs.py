@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -64,11 +65,17 @@ class RunFolder:
         return save_png(image, self.frames_dir / f"step_{step:06d}.png")
 
     def append_losses(self, rows: list[dict[str, float]]) -> None:
-        with self.losses_path.open("a") as file:
-            for row in rows:
-                file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        size = self.losses_path.stat().st_size if self.losses_path.exists() else 0
+        try:
+            with self.losses_path.open("a") as file:
+                for row in rows:
+                    file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError:  # a full disk: no half row at the end (resume reads every line)
+            with contextlib.suppress(OSError):
+                os.truncate(self.losses_path, size)
+            raise
 
     def read_losses(self) -> list[dict[str, Any]]:
         if not self.losses_path.exists():

@@ -164,7 +164,7 @@ BAD_SETTINGS = [
     (["logger=wandb", f"logger.project={LONG_PROJECT}"], ["1 to 128 characters", "has 200"]),
     (["layers.style_weights=[-1,1,1,1,1]"], ["layers.style_weights=", "must be >= 0"]),
     (["style_weight=inf"], ["style_weight=inf: must be >= 0 and finite"]),
-    (["layers.content_weights=[nan]"], ["layers.content_weights=[nan]", "finite"]),
+    (["layers.content_weights=[nan,1]"], ["layers.content_weights=[nan, 1.0]", "finite"]),
     (["layers.style=[2,2,7]"], ["conv1_2 (index 2) is listed twice"]),
     (["image_size=100000"], ["image_size=100000", "16384"]),
 ]
@@ -325,6 +325,21 @@ def test_save_checkpoint_turns_torchs_full_disk_error_into_enospc(
     assert raised.value.errno == errno.ENOSPC
     assert folder.load_checkpoint() == {"step": 1}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loss_rows_are_not_left_half_written_on_a_full_disk(tmp_path: Path, monkeypatch) -> None:
+    from stylelab import outputs
+
+    folder = outputs.RunFolder(tmp_path)
+    folder.append_losses([{"step": 0, "total": 1.0}])
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        folder.append_losses([{"step": 1, "total": 0.5}, {"step": 2, "total": 0.25}])
+    assert folder.read_losses() == [{"step": 0, "total": 1.0}]
 
 
 # --- hostile or odd input files ------------------------------------------------------------------
