@@ -6,14 +6,24 @@ Top-level keys are the knobs researchers sweep; groups mirror the engine's conce
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
+from stylelab.engine.features import parse_layers
+from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
 from stylelab.engine.synthesis import INITS, KEEPS
-from stylelab.errors import StyleLabError
+from stylelab.errors import LayerError, StyleLabError
+
+MAX_IMAGE_SIZE = 16384  # VGG-19 at this size needs ~400 GiB; larger is always a typo
+LOGGER_NAMES = ("wandb", "none")
+LOGGER_MODES = ("auto", "online", "offline", "disabled")
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"  # what wandb.init refuses in a project name
+WANDB_PROJECT_MAX, WANDB_TAG_MAX = 128, 64
 
 
 @dataclass
@@ -113,40 +123,113 @@ class Config:
     init_image: str | None = None  # source for init=image
     resume: str | None = None  # a run folder to continue from its checkpoint
     cache_dir: str | None = None  # downloaded images (default ~/.cache/stylelab)
+    max_input_pixels: int = DEFAULT_MAX_PIXELS  # larger inputs are refused (decompression bombs)
     debug: bool = False  # show tracebacks for errors
 
 
 def validate(cfg: Config) -> None:
     """Reject values that would fail later, with one line saying what to change."""
-    checks = [
-        (cfg.steps >= 1, f"steps={cfg.steps}: must be at least 1"),
-        (cfg.image_size >= 1, f"image_size={cfg.image_size}: must be a positive number of pixels"),
-        (
-            cfg.style_size is None or cfg.style_size >= 1,
-            f"style_size={cfg.style_size}: must be positive",
-        ),
-        (cfg.content_weight >= 0, f"content_weight={cfg.content_weight}: must be >= 0"),
-        (cfg.style_weight >= 0, f"style_weight={cfg.style_weight}: must be >= 0"),
-        (cfg.tv_weight >= 0, f"tv_weight={cfg.tv_weight}: must be >= 0"),
-        (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be > 0"),
-        (cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"),
-        (cfg.optim.history_size >= 1, f"optim.history_size={cfg.optim.history_size}: must be >= 1"),
-        (cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"),
-        (cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"),
-        (
-            cfg.precision in ("auto", "fp32", "bf16"),
-            f"precision={cfg.precision}: use auto, fp32 or bf16",
-        ),
-        (cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"),
-        (cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"),
-        (
-            cfg.log.checkpoint_every >= 0,
-            f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
-        ),
-    ]
-    for ok, message in checks + synthesis_checks(cfg):
+    for ok, message in (
+        *_setting_checks(cfg),
+        *_weight_checks(cfg),
+        *_logger_checks(cfg),
+        *synthesis_checks(cfg),
+    ):
         if not ok:
             raise StyleLabError(message)
+    for kind in ("style", "content"):
+        _check_layers(cfg.layers, kind)
+
+
+def _finite_at_least(value: float, low: float, strict: bool = False) -> bool:
+    return math.isfinite(value) and (value > low if strict else value >= low)
+
+
+def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
+    yield cfg.steps >= 1, f"steps={cfg.steps}: must be at least 1"
+    for key, size in (("image_size", cfg.image_size), ("style_size", cfg.style_size)):
+        yield (
+            size is None or 1 <= size <= MAX_IMAGE_SIZE,
+            f"{key}={size}: must be a number of pixels from 1 to {MAX_IMAGE_SIZE}",
+        )
+    yield (
+        cfg.max_input_pixels >= 1,
+        f"max_input_pixels={cfg.max_input_pixels}: must be a positive number of pixels",
+    )
+    yield cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"
+    yield (
+        cfg.optim.history_size >= 1,
+        f"optim.history_size={cfg.optim.history_size}: must be >= 1",
+    )
+    yield cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"
+    yield cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"
+    yield (
+        cfg.precision in ("auto", "fp32", "bf16"),
+        f"precision={cfg.precision}: use auto, fp32 or bf16",
+    )
+    yield cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"
+    yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"
+    yield (
+        cfg.log.checkpoint_every >= 0,
+        f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
+    )
+
+
+def _weight_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        value = getattr(cfg, key)
+        yield _finite_at_least(value, 0), f"{key}={value}: must be >= 0 and finite"
+    yield (
+        _finite_at_least(cfg.optim.lr, 0, strict=True),
+        f"optim.lr={cfg.optim.lr}: must be > 0 and finite",
+    )
+
+
+def _logger_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
+    logger = cfg.logger
+    yield logger.name in LOGGER_NAMES, f"logger={logger.name}: use {' or '.join(LOGGER_NAMES)}"
+    if logger.name != "wandb":
+        return
+    yield (
+        logger.mode in LOGGER_MODES,
+        f"logger.mode={logger.mode}: use one of {', '.join(LOGGER_MODES)}",
+    )
+    project = logger.project or ""
+    bad = sorted({char for char in project if char in WANDB_PROJECT_FORBIDDEN})
+    yield (
+        0 < len(project) <= WANDB_PROJECT_MAX and not bad,
+        f"logger.project={project[:40]}{'...' if len(project) > 40 else ''}: W&B needs 1 to "
+        f"{WANDB_PROJECT_MAX} characters (this has {len(project)}) and none of "
+        f"{' '.join(WANDB_PROJECT_FORBIDDEN)}" + (f" (found {' '.join(bad)})" if bad else ""),
+    )
+    for tag in (cfg.pair.name, cfg.layers.name, cfg.optim.name, *logger.tags):
+        yield (
+            len(str(tag)) <= WANDB_TAG_MAX,
+            f"W&B tag {str(tag)[:40]}... (from logger.tags or a pair, layers or optim name): "
+            f"W&B tags have at most {WANDB_TAG_MAX} characters",
+        )
+
+
+def _check_layers(layers: LayersConfig, kind: str) -> None:
+    """The layers of `kind` parse, and their per-layer weights match them one to one."""
+    try:
+        parsed = parse_layers(getattr(layers, kind))
+    except LayerError as error:
+        raise LayerError(f"layers.{kind}: {error}") from None
+    weights = getattr(layers, f"{kind}_weights")
+    if weights is None:
+        return
+    if len(weights) != len(parsed):
+        raise StyleLabError(
+            f"layers.{kind}_weights has {len(weights)} value(s) for {len(parsed)} layer(s) in "
+            f"layers.{kind}={list(getattr(layers, kind))}: give one weight per layer"
+        )
+    bad = next((weight for weight in weights if not _finite_at_least(weight, 0)), None)
+    if bad is not None:
+        raise StyleLabError(
+            f"layers.{kind}_weights={list(weights)}: every weight must be >= 0 and finite "
+            f"(got {bad}); set a layer's weight to 0 to switch it off"
+        )
 
 
 def style_sources(cfg: Config) -> list[str]:

@@ -33,7 +33,7 @@ class SourceImages:
 
     @classmethod
     def load(cls, cfg: Config) -> SourceImages:
-        load = lambda source: load_source(source, cfg.cache_dir)  # noqa: E731
+        load = lambda source: load_source(source, cfg.cache_dir, cfg.max_input_pixels)  # noqa: E731
         return cls(load(cfg.pair.content), [load(source) for source in style_sources(cfg)])
 
 
@@ -147,7 +147,8 @@ def start_image(cfg: Config, device: torch.device):
     """The first stage's starting image, from `init` (and `init_image`)."""
     init_source = None
     if cfg.init == "image":
-        init_source = pil_to_tensor(load_source(cfg.init_image, cfg.cache_dir)).to(device)
+        image = load_source(cfg.init_image, cfg.cache_dir, cfg.max_input_pixels)
+        init_source = pil_to_tensor(image).to(device)
 
     def start(content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
         return initial_image(cfg.init, content, styles[0], init_source, seed=cfg.seed)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,13 @@ def _json_value(value: Any) -> Any:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(
+            json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, default=str)
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half file behind
 
 
 class RunFolder:
@@ -57,11 +65,17 @@ class RunFolder:
         return save_png(image, self.frames_dir / f"step_{step:06d}.png")
 
     def append_losses(self, rows: list[dict[str, float]]) -> None:
-        with self.losses_path.open("a") as file:
-            for row in rows:
-                file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        size = self.losses_path.stat().st_size if self.losses_path.exists() else 0
+        try:
+            with self.losses_path.open("a") as file:
+                for row in rows:
+                    file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError:  # a full disk: no half row at the end (resume reads every line)
+            with contextlib.suppress(OSError):
+                os.truncate(self.losses_path, size)
+            raise
 
     def read_losses(self) -> list[dict[str, Any]]:
         if not self.losses_path.exists():
@@ -94,8 +108,21 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
         tmp = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)
+        try:
+            with tmp.open("wb") as file:  # closed on failure: an open file keeps its disk space
+                torch.save(state, file)
+            tmp.replace(self.checkpoint_path)
+        except RuntimeError as error:  # torch reports a full disk as "unexpected pos ..."
+            full = shutil.disk_usage(self.root).free < 1 << 20
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO,
+                os.strerror(errno.ENOSPC)
+                if full
+                else f"torch.save failed: {str(error).splitlines()[0]}",
+                str(tmp),
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)  # the previous checkpoint stays whole
         return self.checkpoint_path
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -21,12 +21,15 @@ from omegaconf.errors import MissingMandatoryValue
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
 from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
+from stylelab.preflight import check_job, overrides_checked, record_failure
+from stylelab.resources import describe_os_error
 from stylelab.runner import EXIT_FAILED, run_synthesis
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
 
 log = logging.getLogger("stylelab")
+logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 ConfigStore.instance().store(name="base_config", node=Config)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 NAME_EXCLUDED = ("resume", "logger", "hydra", "debug")
@@ -83,6 +86,7 @@ def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
     return f"{key} is not set (pair={pair}): add {key}=/path/to/image.jpg to the command line"
 
 
+@overrides_checked
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one synthesis; returns the final total loss (the objective sweepers minimise)."""
@@ -90,6 +94,7 @@ def main(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    started = False  # run_synthesis writes the summary of a run it started
     try:
         # A requeued job (SLURM preemption, time limit) finds its interrupted run and resumes it.
         if not cfg.resume and was_interrupted(run_dir):
@@ -105,6 +110,7 @@ def main(cfg: DictConfig) -> float:
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
         if not cfg.resume:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
         info = RunInfo(
             config=resolved,
@@ -114,6 +120,7 @@ def main(cfg: DictConfig) -> float:
             tags=[config.pair.name, config.layers.name, config.optim.name, *config.logger.tags],
             swept=swept_values(config, overrides),
         )
+        started = True
         summary = run_synthesis(config, run_dir, tracker, info)
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
         return float(summary.get("final/total", math.nan))
@@ -126,10 +133,14 @@ def main(cfg: DictConfig) -> float:
                 return math.inf
             raise
         sys.exit(error.exit_code)
-    except StyleLabError as error:
+    except (StyleLabError, OSError) as error:
         if cfg.get("debug"):
             traceback.print_exc()
-        log.error("%s", error)
+        message = (
+            str(error) if isinstance(error, StyleLabError) else describe_os_error(error, run_dir)
+        )
+        log.error("%s", message)
+        record_failure(run_dir, message, overwrite=not started or isinstance(error, OSError))
         if multirun:
             return math.inf
         sys.exit(EXIT_FAILED)

@@ -23,21 +23,13 @@ from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
+from stylelab.resources import check_memory, memory_estimate_gib
 from stylelab.signals import Interrupted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
-
-def memory_estimate_gib(pixels: int, history_size: int, optimizer: str) -> float:
-    """Rough memory need: VGG activations kept for backward (~1.6 KB/pixel fp32) + optimiser history."""
-    activations = pixels * 1600
-    history = (
-        pixels * 3 * 4 * (2 * history_size + 3) if optimizer == "lbfgs" else pixels * 3 * 4 * 3
-    )
-    return (activations + history) / 2**30
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -101,6 +93,8 @@ def _synthesize(
     built = build_synthesis(cfg)
     synthesis = built.synthesis
     describe(built, cfg)
+    content = built.images(synthesis.stages[-1].size)[0]
+    check_memory(cfg, built.device, content.shape[-1] * content.shape[-2])
     if checkpoint is not None:
         log.info("resuming from step %d of %d (%s)", checkpoint["synthesis"]["step"],
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip

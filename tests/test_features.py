@@ -125,10 +125,12 @@ def test_layer_names_match_torchvision_modules(random_features: nn.Sequential) -
     ]
 
 
-def test_parse_layers_deduplicates_keeping_order() -> None:
-    """Duplicates (by name or index) go; first occurrences keep their order."""
-    assert parse_layers(["conv2_1", 0, "0", 5, "relu1_1", "conv1_1"]) == [5, 0, 1]
+def test_parse_layers_keeps_order_and_refuses_duplicates() -> None:
+    """Order is kept; a layer given twice (by name or index) is an error naming it."""
+    assert parse_layers(["conv2_1", 0, "relu1_1"]) == [5, 0, 1]
     assert parse_layers([]) == []
+    with pytest.raises(LayerError, match=r"conv1_1 \(index 0\) is listed twice"):
+        parse_layers(["conv2_1", 0, "conv1_1"])
     with pytest.raises(LayerError):
         parse_layers([0, "conv9_9"])
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import shlex
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.types import HydraContext
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -123,6 +125,22 @@ def reason(error: Exception) -> str:
     return "no result file: killed, out of memory or lost with its node"
 
 
+class SubmissionError(CompactHydraException):
+    """sbatch refused the sweep; Hydra prints the message alone (one line, no traceback)."""
+
+
+def submission_problem(error: Exception, gpus_per_node: Any) -> str | None:
+    """One line for an sbatch refusal we can explain, else None (the error is raised as is)."""
+    text = str(error)
+    if "Invalid generic resource" in text or re.search(r"\bgres\b", text, re.IGNORECASE):
+        return (
+            f"sbatch refused the GPU request (hydra.launcher.gpus_per_node={gpus_per_node}): "
+            "this cluster or partition has no GPUs; set hydra.launcher.gpus_per_node=0 for CPU "
+            "jobs, or choose a GPU partition with hydra.launcher.partition=<name>"
+        )
+    return None
+
+
 class SlurmLauncher(WaitForEveryJob, plugin.SlurmLauncher):
     """`submitit_slurm`, waiting for every job, with one W&B service per job outside its step."""
 
@@ -133,6 +151,11 @@ class SlurmLauncher(WaitForEveryJob, plugin.SlurmLauncher):
         self.params["setup"] = [*(setup or []), *wandb_service_setup(sys.executable)]
         try:
             return super().launch(job_overrides, initial_job_idx)
+        except Exception as error:
+            message = submission_problem(error, self.params.get("gpus_per_node"))
+            if message is None:
+                raise
+            raise SubmissionError(message) from None
         finally:
             self.params["setup"] = setup
 

@@ -52,8 +52,15 @@ def parse_layer(layer: int | str) -> int:
 
 
 def parse_layers(layers: Iterable[int | str]) -> list[int]:
-    """Parse a list of layers, keeping order and dropping duplicates."""
-    parsed = list(dict.fromkeys(parse_layer(layer) for layer in layers))
+    """Parse a list of layers, keeping order; a layer given twice (by name or index) is an error."""
+    given = list(layers)
+    parsed = [parse_layer(layer) for layer in given]
+    for position, index in enumerate(parsed):
+        if index in parsed[:position]:
+            raise LayerError(
+                f"layer {layer_name(index)} (index {index}) is listed twice in {given}: "
+                "give each layer once (weight it with the per-layer weights instead)"
+            )
     return parsed
 
 

@@ -18,8 +18,12 @@ from stylelab.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-# Bigger inputs are refused by Pillow as possible decompression bombs; we downscale them anyway.
+# Pillow's own guard is a process-wide setting that warns from 89 MP and refuses from 179 MP;
+# open_image applies its own per-call limit (`max_pixels`, the config key max_input_pixels)
+# from the header, before anything is decoded, and leaves Pillow's guard to that check.
 Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's default refusal threshold: ~13400 x 13400
+UPSCALE_WARNING = 4.0  # warn when an input is enlarged more than this
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -47,26 +51,59 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and decode an image file as 8-bit RGB, with errors a user can act on."""
-    path = Path(path)
+def _check_file(path: Path) -> None:
+    """A readable, non-empty regular file (a FIFO would block the read forever)."""
     if not path.exists():
         raise ImageError(
             f"image not found: {path} (check the path, or use skimage:<name> or a URL)"
         )
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image: give the path of an image file")
+    if not path.is_file():
+        raise ImageError(
+            f"{path} is not a regular file (a FIFO, socket or device): give the path of an image file"
+        )
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes): re-download or replace the file")
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path} declares {width}x{height} pixels, over the limit of {max_pixels} "
+            "(max_input_pixels; it may be a decompression bomb): shrink the image, or raise "
+            "max_input_pixels if you trust it"
+        )
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and decode an image file as 8-bit RGB, with errors a user can act on.
+
+    An image whose header declares more than `max_pixels` pixels is refused before decoding.
+    """
+    path = Path(path)
+    _check_file(path)
     try:
         with Image.open(path) as image:
+            _check_pixels(path, image.size, max_pixels)
             image.load()
             return to_rgb(image)
     except UnidentifiedImageError:
         raise ImageError(
             f"{path} is not an image Pillow can read: use a PNG, JPEG, TIFF, WebP or similar"
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except PermissionError:
+        raise ImageError(
+            f"{path}: permission denied: make the file readable (chmod a+r) or copy it elsewhere"
+        ) from None
+    except OSError as error:
+        if error.errno is not None:  # the system could not read it (not a decoding problem)
+            raise ImageError(
+                f"could not read {path} ({error.strerror}): check the file and its disk"
+            ) from None
+        raise ImageError(f"{path} is truncated or corrupt ({error}): replace the file") from None
+    except (SyntaxError, ValueError) as error:
         raise ImageError(f"{path} is truncated or corrupt ({error}): replace the file") from None
 
 
@@ -79,6 +116,15 @@ def resize_long_side(image: Image.Image, size: int) -> Image.Image:
         return image
     if scale < 0.5:
         log.info("downscaling %dx%d to %dx%d", width, height, *new_size)
+    elif scale > UPSCALE_WARNING:
+        log.warning(
+            "upscaling a %dx%d input %.0fx to %dx%d: the result will be blurry; "
+            "use a larger image or a smaller image_size/style_size",
+            width,
+            height,
+            scale,
+            *new_size,
+        )
     return image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -102,8 +148,11 @@ def save_png(image: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half file behind
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from stylelab.engine.images import open_image, to_rgb
+from stylelab.engine.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
 from stylelab.errors import ImageError
 
 # scikit-image photos that ship with the package and load offline.
@@ -44,16 +44,21 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def load_source(source: str, cache_dir: str | Path | None = None) -> Image.Image:
-    """Load `source` (a path, `skimage:<name>` or `URL[#sha256=<hex>]`) as an 8-bit RGB image."""
+def load_source(
+    source: str, cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load `source` (a path, `skimage:<name>` or `URL[#sha256=<hex>]`) as an 8-bit RGB image.
+
+    Files declaring more than `max_pixels` pixels are refused before decoding.
+    """
     source = str(source).strip()
     if not source:
         raise ImageError("empty image source: give a path, skimage:<name> or an http(s) URL")
     if source.startswith("skimage:"):
         return load_skimage(source.removeprefix("skimage:"))
     if is_url(source):
-        return open_image(download(source, cache_dir))
-    return open_image(Path(source).expanduser())
+        return open_image(download(source, cache_dir), max_pixels)
+    return open_image(Path(source).expanduser(), max_pixels)
 
 
 def load_skimage(name: str) -> Image.Image:
