@@ -40,6 +40,7 @@ class OptimConfig:
     name: str = "lbfgs"  # lbfgs | adam
     lr: float = 1.0
     history_size: int = 100  # L-BFGS only
+    line_search: str = "none"  # none | armijo (L-BFGS only; each step is still one evaluation)
 
 
 @dataclass
@@ -110,6 +111,14 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be > 0"),
         (cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"),
         (cfg.optim.history_size >= 1, f"optim.history_size={cfg.optim.history_size}: must be >= 1"),
+        (
+            cfg.optim.line_search in ("none", "armijo"),
+            f"optim.line_search={cfg.optim.line_search}: use none or armijo",
+        ),
+        (
+            cfg.optim.line_search == "none" or cfg.optim.name == "lbfgs",
+            f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
+        ),
         (cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"),
         (cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"),
         (

@@ -198,8 +198,9 @@ def _synthesize(
         init_source = pil_to_tensor(load_source(cfg.init_image, cfg.cache_dir)).to(device)
     start = initial_image(cfg.init, content, style, init_source, seed=cfg.seed)
     synth = Synthesizer(
-        loss, start, cfg.optim.name, cfg.optim.lr, cfg.optim.history_size, precision=precision
-    )
+        loss, start, cfg.optim.name, cfg.optim.lr, cfg.optim.history_size, precision=precision,
+        line_search=cfg.optim.line_search,
+    )  # fmt: skip
     if checkpoint is not None:
         synth.load_state_dict(checkpoint["synthesis"])
         folder.truncate_losses(before_step=synth.step_count)

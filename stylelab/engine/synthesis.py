@@ -71,6 +71,7 @@ class Synthesizer:
         precision: str = "fp32",
         cuda_graph: bool | None = None,
         history_dtype: str = "auto",
+        line_search: str = "none",
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
@@ -82,7 +83,7 @@ class Synthesizer:
             history_dtype = "bf16" if on_cuda and precision == "bf16" else "fp32"
         self.optimizer = make_optimizer(
             optimizer, self.image, lr=lr, history_size=history_size,
-            history_dtype=history_dtype, capturable=use_graph,
+            history_dtype=history_dtype, capturable=use_graph, line_search=line_search,
         )  # fmt: skip
         self.precision = precision
         self.step_count = 0
@@ -105,7 +106,7 @@ class Synthesizer:
     def _step(self) -> torch.Tensor:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
         terms, grad = self.evaluate()
-        self.optimizer.step(grad)
+        self.optimizer.step(grad, terms["total"])
         with torch.no_grad():
             self.image.clamp_(0, 1)
         self.keys = list(terms)
