@@ -366,16 +366,25 @@ def summarise(problems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name in names:
         rows = [(p["runs"][name], p["runs"][TUTORIAL]) for p in problems.values()]
         log_ratio = [math.log(r["best_at_evals"] / t["best_at_evals"]) for r, t in rows]
-        time_log = [math.log(r["best_at_time"] / t["best_at_time"]) for r, t in rows]
+        timed = [(r["best_at_time"], t["best_at_time"]) for r, t in rows]
+        time_log = [math.log(a / b) for a, b in timed if a is not None and b is not None]
         met = {key: sum(r["goals"][key] for r, _ in rows) for key in rows[0][0]["goals"]}
         summary[name] = {
             "problems": len(rows),
             "best_at_evals_vs_tutorial_geomean": round(math.exp(sum(log_ratio) / len(rows)), 4),
-            "best_at_time_vs_tutorial_geomean": round(math.exp(sum(time_log) / len(rows)), 4),
+            "best_at_time_vs_tutorial_geomean": (  # None: a run had no evaluation within T
+                round(math.exp(sum(time_log) / len(rows)), 4)
+                if len(time_log) == len(rows)
+                else None
+            ),
             "goals_met": met,
             "raw_rises_over_1pct": sum(r["rises_over_1pct"] for r, _ in rows),
         }
     return summary
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -393,9 +402,9 @@ def markdown(result: dict[str, Any]) -> str:
     for problem, entry in result["problems"].items():
         for name, row in entry["runs"].items():
             reach = row["time_ratio_to_target"]
-            evals_by_t = sum(t <= entry["time_budget_seconds"] for t in entry["_times"][name])
+            evals_by_t = entry["evals_by_time"][name]
             lines.append(
-                f"| {problem} | {name} | {row['best_at_evals']:.4g} | {row['best_at_time']:.4g} "
+                f"| {problem} | {name} | {row['best_at_evals']:.4g} | {fmt(row['best_at_time'])} "
                 f"| {evals_by_t} | {'never' if reach is None else f'{reach:.2f}'} "
                 f"| {row['rises_over_1pct']} / {row['iterate_rises_over_1pct']} "
                 f"| {row['rejected'] if row['rejected'] is not None else '-'} "
@@ -461,7 +470,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = chosen_variants(args)
     warm = make_config(args.pairs[0], args.layers[0], base_overrides(args))
     run_tutorial(warm, 3)  # untimed warm-up: thread pools, allocator, first-call costs
-    problems = {}
+    settings = {**{k: v for k, v in vars(args).items() if k != "out_dir"}, "variants": variants}
+    result: dict[str, Any] = {"env": environment(args.device), "settings": settings}
+    problems: dict[str, dict[str, Any]] = {}
     for pair in args.pairs:
         for layers in args.layers:
             name = f"{pair}/{layers}"
@@ -469,18 +480,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path = args.out_dir / f"{pair}_{layers}.png"
             plot(name, traces, entry["time_budget_seconds"], entry["target_total"], path)
             entry["plot"] = str(path)
-            entry["_times"] = {key: trace.seconds for key, trace in traces.items()}
+            entry["evals_by_time"] = {
+                key: sum(t <= entry["time_budget_seconds"] for t in trace.seconds)
+                for key, trace in traces.items()
+            }
             problems[name] = entry
-    settings = {**{k: v for k, v in vars(args).items() if k != "out_dir"}, "variants": variants}
-    result = {"env": environment(args.device), "settings": settings, "problems": problems}
-    result["summary"] = summarise(problems)
-    table = markdown(result)
-    for entry in problems.values():
-        entry.pop("_times")
-    (args.out_dir / "convergence.json").write_text(json.dumps(result, indent=1, default=str))
-    (args.out_dir / "convergence.md").write_text(table)
+            table = write(result, problems, args.out_dir)  # after each problem: partial results
     print(table)
     return result
+
+
+def write(result: dict[str, Any], problems: dict[str, Any], out_dir: Path) -> str:
+    result.update(problems=problems, summary=summarise(problems))
+    table = markdown(result)
+    (out_dir / "convergence.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "convergence.md").write_text(table)
+    return table
 
 
 if __name__ == "__main__":

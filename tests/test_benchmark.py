@@ -93,6 +93,7 @@ def test_convergence_metrics_count_rises_over_iterates_and_raw() -> None:
         total=[10.0, 12.0, 9.0, 9.05, 8.0],
         accepted=[True, False, True, True, True],
     )
+    assert metrics(trace, evals=5, seconds=0.5, target=9.0)["best_at_time"] is None
     row = metrics(trace, evals=5, seconds=3.5, target=9.0)
     assert row["rises_over_1pct"] == 1 and row["rises_any"] == 2  # 10 -> 12 and 9 -> 9.05
     assert row["iterate_rises_over_1pct"] == 0 and row["rejected"] == 1
