@@ -19,7 +19,10 @@ class ContentLoss(nn.Module):
         self.target = target.detach()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self.loss = F.mse_loss(input, self.target)
+        # The tutorial needs style and content of one size only because the style image passes
+        # through this module while targets are built; skip that pass for a style of another size.
+        if input.shape == self.target.shape:
+            self.loss = F.mse_loss(input, self.target)
         return input
 
 
@@ -90,14 +93,15 @@ def get_style_model_and_losses(
 def run_style_transfer(
     cnn, mean, std, content_img, style_img, input_img, num_evals=300, style_weight=1e6,
     content_weight=1, content_layers=("conv_12",), style_layers=("conv_1", "conv_3", "conv_5", "conv_9", "conv_13"),
-    freeze=False,
+    freeze=False, history=None,
 ):  # fmt: skip
     """Runs until the evaluation counter reaches `num_evals` (it may overshoot, as in the tutorial).
 
     `freeze=False` is the tutorial as shipped for years (and widely copied): the VGG weights
     keep requires_grad, so every backward also computes (and accumulates) weight gradients.
     `freeze=True` adds the later tutorial's `model.requires_grad_(False)`.
-    Returns the image, the number of evaluations and the (style, content) losses of each one.
+    Returns the image, the number of evaluations and the (style, content) losses of each one
+    (appended to `history` if given).
     """
     model, style_losses, content_losses = get_style_model_and_losses(
         cnn, mean, std, style_img, content_img, content_layers, style_layers
@@ -108,7 +112,7 @@ def run_style_transfer(
         model.requires_grad_(False)
     optimizer = torch.optim.LBFGS([input_img])
     run = [0]
-    history = []
+    history = [] if history is None else history
     while run[0] < num_evals:
 
         def closure():

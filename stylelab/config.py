@@ -55,6 +55,7 @@ class OptimConfig:
     ema: float = 0.0  # averaged iterate shown and returned: 0 off, else its decay (0.9)
     tolerance: float = 0.0  # 0: off; else stop once the best total falls by less than this ...
     window: int = 50  # ... (relative) over the last `window` evaluations (last stage only)
+    line_search: str = "none"  # none | armijo (L-BFGS only; each step is still one evaluation)
 
 
 @dataclass
@@ -261,5 +262,13 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.tv_loss in TV_KINDS, f"tv_loss={cfg.tv_loss}: use l1 or l2"),
         (0 <= cfg.optim.ema < 1, f"optim.ema={cfg.optim.ema}: use 0 (off) or a decay in (0, 1)"),
         (cfg.optim.tolerance >= 0, f"optim.tolerance={cfg.optim.tolerance}: must be >= 0"),
+        (
+            cfg.optim.line_search in ("none", "armijo"),
+            f"optim.line_search={cfg.optim.line_search}: use none or armijo",
+        ),
+        (
+            cfg.optim.line_search == "none" or cfg.optim.name == "lbfgs",
+            f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
+        ),
         (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),
     ]

@@ -109,6 +109,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
             precision=precision,
             ema=cfg.optim.ema,
             keep=cfg.keep,
+            line_search=cfg.optim.line_search,
         ),
         loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),
         blend=cfg.pair.style_blend,

@@ -65,3 +65,52 @@ def test_pyramid_time_to_quality_runs_and_reports_every_field(tmp_path) -> None:
     assert result["pyramid_sizes"] == [32, 45, 48] and result["single_seconds"] > 0
     assert math.isfinite(result["target_total"]) and result["pyramid_final_stage_evals"] >= 1
     assert {"pyramid_seconds_to_target", "time_ratio", "pyramid_best_in_single_time"} <= set(result)
+
+
+def test_convergence_benchmark_reports_json_markdown_and_plots(tmp_path) -> None:
+    """Tiny and short: checks the mechanics (fields, goals, plot files), not the figures."""
+    from benchmarks import convergence
+
+    out = tmp_path / "conv"
+    argv = ["--device", "cpu", "--size", "32", "--evals", "4", "--max-factor", "1", "--precision", "fp32",
+            "--pairs", "astronaut_hubble", "--layers", "approach2", "--out-dir", str(out),
+            "--only", "lbfgs_armijo", "adam_hook",
+            "--variant", "adam_hook", "optim.name=adam", "optim.lr=0.05"]  # fmt: skip
+    result = convergence.main(argv)
+
+    on_disk = json.loads((out / "convergence.json").read_text())
+    assert on_disk["summary"] == result["summary"]
+    problem = on_disk["problems"]["astronaut_hubble/approach2"]
+    assert set(problem["runs"]) == {"tutorial", "lbfgs_armijo", "adam_hook", "torch_strong_wolfe"}
+    assert on_disk["settings"]["variants"]["adam_hook"] == ["optim.name=adam", "optim.lr=0.05"]
+    fields = {"best_at_evals", "best_at_time", "rises_over_1pct", "iterate_rises_over_1pct",
+              "rejected", "seconds_to_target", "time_ratio_to_target", "ms_per_eval", "goals"}  # fmt: skip
+    for name, row in problem["runs"].items():
+        assert fields <= set(row), name
+        assert row["evals"] >= 4 and row["best_at_evals"] <= row["first_total"]
+        assert set(row["goals"]) == {"no_worse_at_evals", "no_iterate_rise_over_1pct",
+                                     "no_raw_rise_over_1pct", "half_the_time"}  # fmt: skip
+    # the same objective: every run starts from the content image and evaluates it first
+    firsts = [row["first_total"] for row in problem["runs"].values()]
+    assert max(firsts) <= min(firsts) * (1 + 1e-4)
+    assert problem["runs"]["tutorial"]["time_ratio_to_target"] == 1.0
+    plot = out / "astronaut_hubble_approach2.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and problem["plot"] == str(plot)
+    table = (out / "convergence.md").read_text()
+    assert "| astronaut_hubble/approach2 | adam_hook |" in table
+
+
+def test_convergence_metrics_count_rises_over_iterates_and_raw() -> None:
+    from benchmarks.convergence import Trace, metrics
+
+    trace = Trace(
+        seconds=[1.0, 2.0, 3.0, 4.0, 5.0],
+        total=[10.0, 12.0, 9.0, 9.05, 8.0],
+        accepted=[True, False, True, True, True],
+    )
+    assert metrics(trace, evals=5, seconds=0.5, target=9.0)["best_at_time"] is None
+    row = metrics(trace, evals=5, seconds=3.5, target=9.0)
+    assert row["rises_over_1pct"] == 1 and row["rises_any"] == 2  # 10 -> 12 and 9 -> 9.05
+    assert row["iterate_rises_over_1pct"] == 0 and row["rejected"] == 1
+    assert row["best_at_time"] == 9.0 and row["best_at_evals"] == 8.0
+    assert row["seconds_to_target"] == 3.0 and row["time_ratio_to_target"] == round(3 / 3.5, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -133,7 +134,147 @@ def test_make_optimizer_rejects_unknown() -> None:
         LBFGS(torch.zeros(3), history_dtype="fp16")
 
 
-def tiny_synthesizer(device: str, optimizer: str, precision: str, cuda_graph: bool | None):
+def rosenbrock(x: torch.Tensor) -> torch.Tensor:
+    return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+
+
+def ill_conditioned_quadratic(x: torch.Tensor) -> torch.Tensor:
+    scales = torch.logspace(0, 3, x.numel(), dtype=x.dtype, device=x.device)
+    return 0.5 * (scales * x * x).sum()
+
+
+def loss_and_gradient(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    value = function(x)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+def search_path(function, x: torch.Tensor, optimizer: LBFGS, evaluations: int):
+    """Losses of every evaluation and whether each point evaluated was accepted."""
+    losses, accepted = [], []
+    for _ in range(evaluations):
+        value, grad = loss_and_gradient(function, x)
+        optimizer.step(grad, value)
+        losses.append(float(value))
+        accepted.append(bool(optimizer.accepted))
+    return losses, accepted
+
+
+def torch_strong_wolfe(function, x0: torch.Tensor, evaluations: int, history_size: int):
+    """torch.optim.LBFGS with its strong-Wolfe line search: the loss of every evaluation."""
+    x, losses = x0.clone().requires_grad_(True), []
+    optimizer = torch.optim.LBFGS(
+        [x], lr=1.0, max_iter=evaluations, max_eval=evaluations, history_size=history_size,
+        line_search_fn="strong_wolfe", tolerance_grad=-1.0, tolerance_change=-1.0,
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = function(x)
+        value.backward()
+        losses.append(float(value.detach()))
+        return value
+
+    optimizer.step(closure)
+    return losses
+
+
+def first_below(losses: list[float], threshold: float) -> int:
+    return next(i + 1 for i, value in enumerate(losses) if value < threshold)
+
+
+@pytest.mark.parametrize("lr", [1.0, 20.0])
+@pytest.mark.parametrize("function", [objective, rosenbrock])
+def test_armijo_never_accepts_an_increase(function, lr: float) -> None:
+    x = start(seed=2).double()
+    optimizer = LBFGS(x, lr=lr, history_size=5, line_search="armijo")
+    losses, accepted = search_path(function, x, optimizer, 120)
+    kept = [value for value, ok in zip(losses, accepted, strict=True) if ok]
+    assert accepted[0] and not all(accepted)  # trials were rejected: the test tests something
+    assert all(b <= a for a, b in itertools.pairwise(kept)), "an accepted point was higher"
+    assert kept[-1] < losses[0] - 1
+
+
+@pytest.mark.parametrize(
+    ("function", "x0", "threshold"),
+    [
+        (rosenbrock, torch.tensor([-1.2, 1.0] * 5, dtype=torch.float64), 1e-10),
+        (ill_conditioned_quadratic, torch.ones(50, dtype=torch.float64), 1e-8),
+    ],
+)
+def test_armijo_converges_as_fast_as_torch_strong_wolfe(function, x0, threshold) -> None:
+    """Evaluations (not iterations) to reach the threshold, against torch's strong Wolfe."""
+    x = x0.clone()
+    losses, _ = search_path(function, x, LBFGS(x, history_size=10, line_search="armijo"), 300)
+    reference = torch_strong_wolfe(function, x0, 300, history_size=10)
+    ours, theirs = first_below(losses, threshold), first_below(reference, threshold)
+    assert ours <= 1.25 * theirs, (ours, theirs)
+    assert min(losses) < threshold / 10
+
+
+def test_armijo_step_reads_nothing_back_from_the_device(monkeypatch) -> None:
+    """No item/bool/float inside step(): no host decisions, so a step can be graph-captured."""
+    x = start(seed=4)
+    optimizer = LBFGS(x, lr=20.0, history_size=4, line_search="armijo")
+    for _ in range(12):
+        value, grad = loss_and_gradient(objective, x)
+        with monkeypatch.context() as patch:
+            for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
+
+                def forbidden(*args, name=name, **kwargs):
+                    raise AssertionError(f"Tensor.{name} called inside step()")
+
+                patch.setattr(torch.Tensor, name, forbidden)
+            optimizer.step(grad, value)
+    assert int(optimizer.steps) == 12 and int(optimizer.stored) >= 1
+    assert not bool(optimizer.accepted.all()) or int(optimizer.rejections) == 0
+
+
+def test_fixed_step_ignores_the_loss_and_keeps_its_state_format() -> None:
+    a, b = start(), start()
+    with_loss, without = LBFGS(a, lr=0.5, history_size=4), LBFGS(b, lr=0.5, history_size=4)
+    for _ in range(15):
+        with_loss.step(gradient(a), objective(a))
+        without.step(gradient(b))
+    assert torch.equal(a, b)
+    assert "direction" not in with_loss.state_dict()  # checkpoints from before still load
+    with pytest.raises(ValueError, match="line_search"):
+        LBFGS(torch.zeros(24), line_search="armijo").step(torch.zeros(24))
+
+
+def test_armijo_state_round_trip() -> None:
+    x = start(seed=1)
+    optimizer = LBFGS(x, lr=20.0, history_size=4, line_search="armijo")
+    search_path(objective, x, optimizer, 9)
+    assert int(optimizer.rejections) > 0  # saved in the middle of a backtracking search
+    state, saved = copy.deepcopy(optimizer.state_dict()), x.clone()
+    expected = search_path(objective, x, optimizer, 8)
+
+    resumed = saved.clone()
+    fresh = LBFGS(resumed, lr=20.0, history_size=4, line_search="armijo")
+    fresh.load_state_dict(state)
+    assert search_path(objective, resumed, fresh, 8) == expected
+    with pytest.raises(ValueError, match="missing direction"):
+        fresh.load_state_dict(LBFGS(torch.zeros(24), history_size=4).state_dict())
+
+
+def test_armijo_restarts_after_max_backtracks() -> None:
+    """A direction that never decreases the loss is given up after max_backtracks trials."""
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    optimizer = LBFGS(x, history_size=3, line_search="armijo", max_backtracks=3)
+    value, grad = loss_and_gradient(ill_conditioned_quadratic, x)
+    optimizer.step(grad, value)
+    optimizer.direction.neg_()  # an ascent direction: every trial along it is rejected
+    x.copy_(optimizer.prev_flat + optimizer.trial_step * optimizer.direction)
+    losses, accepted = search_path(ill_conditioned_quadratic, x, optimizer, 4)
+    assert accepted == [False, False, False, True]
+    assert losses[-1] < losses[0]
+
+
+def tiny_synthesizer(
+    device: str, optimizer: str, precision: str, cuda_graph: bool | None, line_search: str = "none"
+):
     from stylelab.engine.features import VGGFeatures, load_vgg19_features
     from stylelab.engine.objective import gatys_objective
     from stylelab.engine.synthesis import Synthesizer
@@ -145,7 +286,10 @@ def tiny_synthesizer(device: str, optimizer: str, precision: str, cuda_graph: bo
     encoder = encoder.to(device, memory_format=layout)
     loss = gatys_objective(encoder, content, style, [25], [0, 5, 10, 19, 28], tv_weight=10.0)
     lr = 1.0 if optimizer == "lbfgs" else 0.02
-    return Synthesizer(loss, content, optimizer, lr, 20, precision=precision, cuda_graph=cuda_graph)
+    return Synthesizer(
+        loss, content, optimizer, lr, 20, precision=precision, cuda_graph=cuda_graph,
+        line_search=line_search,
+    )  # fmt: skip
 
 
 def test_synthesizer_is_eager_on_cpu() -> None:
@@ -155,8 +299,17 @@ def test_synthesizer_is_eager_on_cpu() -> None:
     assert set(terms) >= {"total", "content", "style", "tv"} and synth.step_count == 1
 
 
+def test_synthesizer_line_search_one_forward_per_step() -> None:
+    synth = tiny_synthesizer("cpu", "lbfgs", "fp32", cuda_graph=False, line_search="armijo")
+    calls = []
+    synth.loss.encoder.register_forward_hook(lambda *_: calls.append(1))
+    totals = [float(synth.step()["total"]) for _ in range(8)]
+    assert len(calls) == 8 and synth.step_count == 8
+    assert synth.optimizer.base_loss <= totals[0] and min(totals) < totals[0]
+
+
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam", "lbfgs+armijo"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_step_matches_eager_step(optimizer: str, precision: str, monkeypatch) -> None:
     """A replayed step computes what an eager step computes from the same state.
@@ -168,10 +321,11 @@ def test_cuda_graph_step_matches_eager_step(optimizer: str, precision: str, monk
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", precision != "fp32")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", precision != "fp32")
-    graphed = tiny_synthesizer("cuda", optimizer, precision, cuda_graph=True)
+    optimizer, _, search = optimizer.partition("+")
+    graphed = tiny_synthesizer("cuda", optimizer, precision, True, search or "none")
     trajectory = torch.stack([graphed.step()["total"] for _ in range(6)])  # 3 eager, capture, 2
     assert graphed.graph is not None and graphed.graph.captured
-    eager = tiny_synthesizer("cuda", optimizer, precision, cuda_graph=False)
+    eager = tiny_synthesizer("cuda", optimizer, precision, False, search or "none")
     eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
     tolerance = 1e-4 if precision == "fp32" else 1e-2
     for _ in range(2):
@@ -193,3 +347,19 @@ def test_cuda_graph_resume_recaptures() -> None:
     synth.load_state_dict(state)
     again = torch.stack([synth.step()["total"] for _ in range(5)])
     assert torch.allclose(again, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("optim", "message"),
+    [({"line_search": "wolfe"}, "use none or armijo"), ({"name": "adam", "line_search": "armijo"},
+     "optim=lbfgs only")],
+)  # fmt: skip
+def test_config_rejects_unknown_or_misplaced_line_search(optim: dict, message: str) -> None:
+    from stylelab.config import Config, OptimConfig, validate
+    from stylelab.errors import StyleLabError
+
+    validate(Config(optim=OptimConfig(line_search="armijo")))
+    with pytest.raises(StyleLabError, match=message):
+        validate(Config(optim=OptimConfig(**optim)))
+    with pytest.raises(ValueError, match="L-BFGS only"):
+        make_optimizer("adam", torch.zeros(3), lr=0.1, line_search="armijo")

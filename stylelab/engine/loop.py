@@ -38,6 +38,7 @@ class OptimSettings:
     precision: str = "fp32"
     ema: float = 0.0
     keep: str = "last"  # last | best: which iterate a stage hands on and the run returns
+    line_search: str = "none"  # L-BFGS: none | armijo
     cuda_graph: bool | None = None
     history_dtype: str = "auto"
 
@@ -167,7 +168,8 @@ class Synthesis:
         o = self.optim
         self.synth = Synthesizer(
             self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,
-            o.history_dtype, ema=o.ema, first_step=stage.first_step, previous=previous,
+            o.history_dtype, line_search=o.line_search, ema=o.ema, first_step=stage.first_step,
+            previous=previous,
         )  # fmt: skip
         self.stage_index = index
         if resume is not None:

@@ -8,6 +8,15 @@ and the ring pointer live on the device, and the first step and rejected curvatu
 handled by masks instead of branches. So a whole step can be captured in a CUDA graph. The
 two-loop recursion is done in the compact matrix form (Byrd, Nocedal & Schnabel, 1994): two
 passes over the history instead of hundreds of small kernels.
+
+`line_search="armijo"` adds a backtracking line search written as an on-device state machine:
+every `step(grad, loss)` is still exactly one evaluation, with no host decision. The point just
+evaluated is a trial x_b + t·d; if it passes the Armijo test it becomes the new base (history
+updated, new direction, trial step `lr`), else the step shrinks (safeguarded quadratic
+interpolation) and the parameter goes back to x_b + t'·d. After `max_backtracks` rejections
+in a row the history is switched off and the search restarts along -g from the base. Both
+outcomes are computed every step and selected with masks, so a step stays graph-capturable and
+costs one pass of the history more than a fixed step only in a few vector selects.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import torch
 
 HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _STATE_KEYS = ("history", "sy", "yy", "rho", "gamma", "prev_flat", "prev_grad", "steps", "stored")
+_SEARCH_KEYS = ("direction", "base_loss", "trial_step", "rejections", "accepted")
+LINE_SEARCHES = ("none", "armijo")
 
 
 def _matmul(
@@ -52,11 +63,18 @@ class LBFGS:
         history_size: int = 100,
         eps: float = 1e-10,
         history_dtype: str = "fp32",
+        line_search: str = "none",
+        c1: float = 1e-4,
+        max_backtracks: int = 10,
     ):
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
         if history_dtype not in HISTORY_DTYPES:
             raise ValueError(f"unknown history_dtype '{history_dtype}': use fp32 or bf16")
+        if line_search not in LINE_SEARCHES:
+            raise ValueError(f"unknown line_search '{line_search}': use none or armijo")
+        if max_backtracks < 1:
+            raise ValueError("max_backtracks must be at least 1")
         self.param, self.lr, self.history_size, self.eps = param, lr, history_size, eps
         n, m, device = param.numel(), history_size, param.device
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -73,12 +91,28 @@ class LBFGS:
         self._slots = torch.arange(m, device=device)
         self._eye = torch.eye(m, device=device, dtype=self.dtype)
         self._out_dtype = dtype != self.dtype and _supports_out_dtype(device)
+        self.line_search, self.c1, self.max_backtracks = line_search, c1, max_backtracks
+        self._keys = _STATE_KEYS + (_SEARCH_KEYS if line_search != "none" else ())
+        self.direction = torch.zeros(n, device=device, dtype=self.dtype)  # d of the trial
+        self.base_loss = torch.zeros((), device=device, dtype=self.dtype)  # f(x_b)
+        self.trial_step = torch.zeros((), device=device, dtype=self.dtype)  # t: param = x_b + t d
+        self.rejections = torch.zeros((), dtype=torch.long, device=device)  # in a row
+        self.accepted = torch.ones((), dtype=torch.bool, device=device)  # last point evaluated
 
     def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _matmul(a, b, self.history.dtype, self.dtype, self._out_dtype)
 
-    def _remember(self, flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    @property
+    def iterate(self) -> torch.Tensor:
+        """The last accepted point (line search) or the last point evaluated (fixed step)."""
+        return self.prev_flat.view(self.param.shape)
+
+    def _remember(
+        self, flat: torch.Tensor, grad: torch.Tensor, accept: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Store the newest pair (s, y) if s.y > eps (and this is not the first step).
+
+        With `accept` (line search), only when the point evaluated was accepted.
 
         Returns history @ grad (the projections the direction needs), from the same pass over
         the history that updates the s.y and y.y tables.
@@ -87,6 +121,8 @@ class LBFGS:
         s, y = flat - self.prev_flat, grad - self.prev_grad
         ys, yy_new = torch.dot(s, y), torch.dot(y, y)
         valid = (ys > self.eps) & (self.steps > 0)
+        if accept is not None:
+            valid = valid & accept
         slot, low = self.stored % m, self.history.dtype
         rows = torch.stack([slot, slot + m])
         new = torch.where(valid, torch.stack([s.to(low), y.to(low)]), self.history[rows])
@@ -124,28 +160,88 @@ class LBFGS:
         correction = self._matmul(coefficients[None, :], self.history)[0]
         return -(self.gamma * grad + correction)
 
+    def _first_step(self, grad: torch.Tensor) -> torch.Tensor:
+        """torch.optim.LBFGS's first step size: lr * min(1, 1 / |g|_1)."""
+        return self.lr * torch.clamp(1.0 / grad.abs().sum(), max=1.0)
+
     @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
-        """Move the parameter along the L-BFGS direction for the gradient at its current value."""
+    def step(self, grad: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        """One evaluation's update, given the gradient (and loss) at the parameter's value.
+
+        Fixed step: move along the L-BFGS direction. Line search: `loss` is required; the
+        point just evaluated is accepted or rejected (`accepted`) and the next trial set.
+        """
         flat, grad = self.param.view(-1), grad.reshape(-1).to(self.dtype)
+        if self.line_search == "none":
+            self._fixed_step(flat, grad)
+            return
+        if loss is None:
+            raise ValueError(f"line_search={self.line_search} needs the loss at each step")
+        self._search_step(flat, grad, loss.detach().reshape(()).to(self.dtype))
+
+    def _fixed_step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
         projections = self._remember(flat, grad)
         direction = self._direction(grad, projections)
-        first = self.lr * torch.clamp(1.0 / grad.abs().sum(), max=1.0)  # torch's first step
-        step_size = torch.where(self.steps == 0, first, self.lr)
+        step_size = torch.where(self.steps == 0, self._first_step(grad), self.lr)
         self.prev_flat.copy_(flat)
         self.prev_grad.copy_(grad)
         flat.add_(direction * step_size)
         self.steps.add_(1)
 
+    def _armijo(self, flat: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whether the trial is accepted, and g_b.(x - x_b) along the displacement taken.
+
+        The slope uses the actual displacement (the caller may have clamped the trial), and is
+        capped at 0, so that an accepted point is never higher than the base.
+        """
+        slope = torch.dot(self.prev_grad, flat - self.prev_flat)
+        decrease = loss <= self.base_loss + self.c1 * slope.clamp(max=0.0)
+        return (self.steps == 0) | (torch.isfinite(loss) & decrease), slope
+
+    def _shrink(self, loss: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        """Next trial step after a rejection: minimiser of the quadratic through f_b, the slope
+        and f(trial), kept within [0.1, 0.5] of the rejected step (halving if undefined)."""
+        curvature = loss - self.base_loss - slope
+        fraction = -slope / (2 * curvature)
+        fraction = torch.where(torch.isfinite(fraction) & (curvature > 0), fraction, 0.5)
+        return self.trial_step * fraction.clamp(0.1, 0.5)
+
+    def _search_step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        accept, slope = self._armijo(flat, loss)
+        first = self.steps == 0
+        projections = self._remember(flat, grad, accept)
+        new_direction = self._direction(grad, projections)
+        descent = torch.dot(grad, new_direction) < 0  # else (rounding, bf16 history): -gamma g
+        new_direction = torch.where(descent, new_direction, -self.gamma * grad)
+        rejections = torch.where(accept, 0, self.rejections + 1)
+        restart = rejections >= self.max_backtracks  # give up on this direction: -g, no history
+        self.rho.mul_((~restart).to(self.dtype))
+        self.rejections.copy_(torch.where(restart, 0, rejections))
+        shrunk = self._shrink(loss, slope)
+        self.prev_flat.copy_(torch.where(accept, flat, self.prev_flat))
+        self.prev_grad.copy_(torch.where(accept, grad, self.prev_grad))
+        self.base_loss.copy_(torch.where(accept, loss, self.base_loss))
+        fresh = self._first_step(self.prev_grad)
+        kept = torch.where(restart, -self.prev_grad, self.direction)
+        self.direction.copy_(torch.where(accept, new_direction, kept))
+        trial = torch.where(accept, torch.where(first, fresh, self.lr), shrunk)
+        self.trial_step.copy_(torch.where(restart, fresh, trial))
+        self.accepted.copy_(accept)
+        flat.copy_(self.prev_flat + self.trial_step * self.direction)
+        self.steps.add_(1)
+
     def state_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key).clone() for key in _STATE_KEYS}
+        return {key: getattr(self, key).clone() for key in self._keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy a state in place (tensors keep their addresses, so a captured graph stays valid)."""
-        missing = [key for key in _STATE_KEYS if key not in state]
+        missing = [key for key in self._keys if key not in state]
         if missing:
-            raise ValueError(f"not an L-BFGS state of this version (missing {', '.join(missing)})")
-        for key in _STATE_KEYS:
+            raise ValueError(
+                f"not an L-BFGS state of this version and line_search={self.line_search} "
+                f"(missing {', '.join(missing)})"
+            )
+        for key in self._keys:
             current, value = getattr(self, key), state[key]
             if value.shape != current.shape:
                 raise ValueError(
@@ -175,7 +271,8 @@ class Adam:
         )
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
+    def step(self, grad: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        """One update from the gradient at the parameter's value (`loss` is not needed)."""
         self.param.grad = grad.reshape(self.param.shape).contiguous()  # fused Adam: same strides
         self.optimizer.step()
         self.param.grad = None
@@ -194,10 +291,17 @@ def make_optimizer(
     history_size: int = 100,
     history_dtype: str = "fp32",
     capturable: bool = False,
+    line_search: str = "none",
 ) -> LBFGS | Adam:
-    """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs)."""
+    """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs;
+    `line_search`: none or armijo, L-BFGS only)."""
     if name == "lbfgs":
-        return LBFGS(param, lr=lr, history_size=history_size, history_dtype=history_dtype)
+        return LBFGS(
+            param, lr=lr, history_size=history_size, history_dtype=history_dtype,
+            line_search=line_search,
+        )  # fmt: skip
+    if line_search != "none":
+        raise ValueError(f"line_search={line_search} is for L-BFGS only (optimizer '{name}')")
     if name == "adam":
         return Adam(param, lr=lr, capturable=capturable)
     raise ValueError(f"unknown optimizer '{name}': use lbfgs or adam")

@@ -136,6 +136,7 @@ class Synthesizer:
         ema: float = 0.0,
         first_step: int = 0,
         previous: Synthesizer | None = None,
+        line_search: str = "none",
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
@@ -147,7 +148,7 @@ class Synthesizer:
             history_dtype = "bf16" if on_cuda and precision == "bf16" else "fp32"
         self.optimizer = make_optimizer(
             optimizer, self.image, lr=lr, history_size=history_size,
-            history_dtype=history_dtype, capturable=use_graph,
+            history_dtype=history_dtype, capturable=use_graph, line_search=line_search,
         )  # fmt: skip
         if previous is not None and isinstance(previous.optimizer, Adam):
             carry_adam_moments(previous.optimizer, self.optimizer)
@@ -174,8 +175,8 @@ class Synthesizer:
     def _step(self) -> torch.Tensor:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
         terms, grad = self.evaluate()
-        self.best.update(terms["total"], self.image)
-        self.optimizer.step(grad)
+        self.best.update(terms["total"], self.image)  # the image just evaluated
+        self.optimizer.step(grad, terms["total"])
         with torch.no_grad():
             self.image.clamp_(0, 1)
             if self.average is not None:

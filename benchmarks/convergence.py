@@ -1,0 +1,487 @@
+"""Convergence benchmark: optimiser variants against the PyTorch tutorial's loop, per problem.
+
+    python benchmarks/convergence.py --device cpu --size 128 --evals 300 --out-dir conv-cpu
+    python benchmarks/convergence.py --device cuda --size 512 --weights imagenet
+    python benchmarks/convergence.py --variant adam_avg optim.name=adam optim.lr=0.05 ...
+
+A problem is a pair (conf/pair) x a layer set (conf/layers), on the tutorial's objective (no TV).
+Each variant is a list of config overrides ("key=value", applied to stylelab.config.Config) and
+turns into a synthesis through `build_synthesis`, the one place that knows the engine's classes;
+the rest needs only `step()` (one evaluation, returning its loss terms) and the image. Every
+variant runs at least `--evals` evaluations and at least as long as the tutorial took for them
+(T), so it is compared at equal evaluations and at equal time. References: the tutorial's loop
+(benchmarks/baseline.py, which defines T and the target loss) and torch.optim.LBFGS with its
+strong-Wolfe line search, on the same objective, evaluations counted.
+
+Writes convergence.json, convergence.md and one loss-against-time plot per problem (PNG) into
+--out-dir; prints the markdown. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from benchmarks import baseline  # noqa: E402
+from benchmarks.engine import backend_flags, sync  # noqa: E402
+from stylelab.config import Config, validate  # noqa: E402
+
+log = logging.getLogger("convergence")
+
+PAIRS = ("astronaut_hubble", "chelsea_immuno", "coffee_hubble", "rocket_immuno")
+LAYER_SETS = ("approach1", "approach2")
+BASE_OVERRIDES = ["tv_weight=0", "content_weight=1", "style_weight=1e6", "init=content"]
+VARIANTS: dict[str, list[str]] = {
+    "lbfgs": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=none"],  # as today
+    "lbfgs_armijo": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=armijo"],
+    "adam": ["optim.name=adam", "optim.lr=0.02"],
+    # One more variant is one more entry, or `--variant NAME KEY=VALUE ...`: e.g. Adam with the
+    # averaged iterate once the schema has its key.
+}
+TUTORIAL, STRONG_WOLFE = "tutorial", "torch_strong_wolfe"
+RISE = 0.01  # the goal's limit: a logged loss more than 1% above the one before
+
+
+# ---- the adapter: Config -> synthesis (the only code that knows the engine's classes) -------
+
+
+@dataclass
+class Synthesis:
+    """What the benchmark needs of a synthesis.
+
+    `step()` does one evaluation and returns its loss terms (device tensors; `accepted`, when
+    present, says whether the point evaluated became the iterate); `objective(image)` gives
+    the terms at any image, in fp32 (for the reference optimisers).
+    """
+
+    step: Callable[[], dict[str, torch.Tensor]]
+    image: torch.Tensor
+    objective: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def build_synthesis(cfg: Config) -> Synthesis:
+    """A ready synthesis, built by stylelab's factory exactly as a run builds it."""
+    from stylelab import factory
+
+    built = factory.build_synthesis(cfg)
+    synth = built.synthesis.enter_stage(0)
+
+    def step() -> dict[str, torch.Tensor]:
+        terms = synth.step()
+        accepted = getattr(synth.optimizer, "accepted", None)
+        return terms if accepted is None else {**terms, "accepted": accepted.float()}
+
+    size = list(synth.image.shape[-2:])
+    info = {"precision": built.precision, "device": str(built.device), "size": size}
+    return Synthesis(step, synth.image, built.synthesis.objective, info)
+
+
+def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content and (first) style at the run's size, as the factory sizes them."""
+    from stylelab import factory
+
+    images = factory.StageImages(factory.SourceImages.load(cfg), cfg, torch.device("cpu"))
+    content, styles = images(cfg.image_size)
+    return content, styles[0]
+
+
+# ---- configs ---------------------------------------------------------------------------------
+
+
+def make_config(pair: str, layers: str, overrides: list[str]) -> Config:
+    """conf/pair/<pair>.yaml and conf/layers/<layers>.yaml, then the overrides, as a Config."""
+    cfg = OmegaConf.structured(Config)
+    groups = {
+        "pair": OmegaConf.load(ROOT / "conf" / "pair" / f"{pair}.yaml"),
+        "layers": OmegaConf.load(ROOT / "conf" / "layers" / f"{layers}.yaml"),
+    }
+    cfg = OmegaConf.merge(cfg, groups, OmegaConf.from_dotlist(overrides))
+    config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def tutorial_names(indices: list[int]) -> list[str]:
+    """torchvision `features` indices -> the tutorial's module names (conv_N, relu_N, pool_N)."""
+    from stylelab.engine.features import LAYER_NAMES, parse_layers
+
+    names = []
+    for index in parse_layers(indices):
+        convs = sum(name.startswith("conv") for name in LAYER_NAMES[: index + 1])
+        names.append(f"{LAYER_NAMES[index][:4]}_{convs}")
+    return names
+
+
+# ---- drivers: each returns a Trace of every evaluation -----------------------------------------
+
+
+@dataclass
+class Trace:
+    seconds: list[float] = field(default_factory=list)  # since the loop started, per evaluation
+    total: list[float] = field(default_factory=list)
+    accepted: list[bool] = field(default_factory=list)
+
+
+class TimedHistory(list):
+    """The tutorial's history list, also noting when each evaluation was appended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def append(self, item: Any) -> None:
+        self.times.append(time.perf_counter())
+        super().append(item)
+
+
+def run_tutorial(cfg: Config, evals: int) -> Trace:
+    """benchmarks/baseline.py's loop (torch.optim.LBFGS at its defaults, fp32, frozen VGG).
+
+    Its set-up (model build, targets) is left out of the time: the clock starts one median
+    evaluation before the first evaluation ends.
+    """
+    from stylelab.engine.device import resolve_device
+    from stylelab.engine.features import IMAGENET_MEAN, IMAGENET_STD, load_vgg19_features
+
+    device = resolve_device(cfg.device)
+    content, style = (image.to(device) for image in load_pair(cfg))
+    cnn = load_vgg19_features(cfg.model.weights, seed=cfg.seed).to(device).eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).to(device), torch.tensor(IMAGENET_STD).to(device)
+    history = TimedHistory()
+    with backend_flags(runner=False):
+        baseline.run_style_transfer(
+            cnn, mean, std, content, style, content.clone(), num_evals=evals,
+            style_weight=cfg.style_weight, content_weight=cfg.content_weight,
+            content_layers=tutorial_names(cfg.layers.content),
+            style_layers=tutorial_names(cfg.layers.style), freeze=True, history=history,
+        )  # fmt: skip
+    gaps = sorted(b - a for a, b in itertools.pairwise(history.times))
+    start = history.times[0] - (gaps[len(gaps) // 2] if gaps else 0.0)
+    return Trace(
+        [t - start for t in history.times], [s + c for s, c in history], [True] * len(history)
+    )
+
+
+def run_steps(synthesis: Synthesis, evals: int, seconds: float, max_evals: int) -> Trace:
+    """`step()` until at least `evals` evaluations and `seconds` have passed (or `max_evals`).
+
+    Losses are read back every evaluation on the CPU (free there) and every 10 on CUDA (as the
+    runner does; each evaluation then gets the time of the read-back that covered it).
+    """
+    device = synthesis.image.device
+    every = 1 if device.type == "cpu" else 10
+    trace, pending = Trace(), []
+    sync(device)
+    started = time.perf_counter()
+    while True:
+        terms = synthesis.step()
+        accepted = terms.get("accepted", torch.ones((), device=device))
+        pending.append(torch.stack([terms["total"].float(), accepted.float()]))
+        if len(pending) == every:
+            rows = torch.stack(pending).cpu().tolist()  # waits for the device
+            now, pending = time.perf_counter() - started, []
+            trace.seconds += [now] * len(rows)
+            trace.total += [row[0] for row in rows]
+            trace.accepted += [row[1] > 0.5 for row in rows]
+            count = len(trace.total)
+            if (count >= evals and now >= seconds) or count >= max_evals:
+                return trace
+
+
+def run_strong_wolfe(synthesis: Synthesis, evals: int, seconds: float, max_evals: int) -> Trace:
+    """torch.optim.LBFGS(line_search_fn="strong_wolfe") on the synthesis' objective, called as
+    the tutorial calls it (closure clamps, reads the loss back every evaluation)."""
+    image = synthesis.image.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image], line_search_fn="strong_wolfe")
+    trace, started = Trace(), time.perf_counter()
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        optimizer.zero_grad()
+        total = synthesis.objective(image)["total"]
+        total.backward()
+        trace.total.append(total.item())
+        trace.seconds.append(time.perf_counter() - started)
+        trace.accepted.append(True)
+        return total
+
+    while len(trace.total) < max_evals and (
+        len(trace.total) < evals or trace.seconds[-1] < seconds
+    ):
+        optimizer.step(closure)
+    return trace
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+def rises(values: list[float], limit: float = 0.0) -> tuple[int, float]:
+    """How many times a value exceeds the one before by more than `limit` (relative), and the
+    largest relative rise (0 when none)."""
+    steps = [(b - a) / abs(a) for a, b in itertools.pairwise(values) if a != 0]
+    return sum(rise > limit for rise in steps), max([0.0, *steps])
+
+
+def time_to_reach(trace: Trace, target: float) -> float | None:
+    return next((t for t, v in zip(trace.seconds, trace.total, strict=True) if v <= target), None)
+
+
+def metrics(trace: Trace, evals: int, seconds: float, target: float) -> dict[str, Any]:
+    """Best total at `evals` evaluations and at `seconds`, rises, time to the `target` loss."""
+    head = trace.total[:evals]
+    in_time = [v for t, v in zip(trace.seconds, trace.total, strict=True) if t <= seconds]
+    iterates = [v for v, ok in zip(head, trace.accepted, strict=False) if ok]
+    raw_rises, raw_max = rises(head, RISE)
+    kept_rises, kept_max = rises(iterates, RISE)
+    reached = time_to_reach(trace, target)
+    finite = [v for v in trace.total if math.isfinite(v)]
+    return {
+        "evals": len(trace.total), "seconds": round(trace.seconds[-1], 3),
+        "ms_per_eval": round(1000 * trace.seconds[-1] / len(trace.total), 2),
+        "first_total": trace.total[0], "best_at_evals": min(head),
+        "best_at_time": min(in_time) if in_time else None,
+        "best_overall": min(finite) if finite else None,
+        "rises_any": rises(head)[0], "rises_over_1pct": raw_rises, "max_rise_pct": 100 * raw_max,
+        "iterate_rises_over_1pct": kept_rises, "iterate_max_rise_pct": 100 * kept_max,
+        "rejected": evals - len(iterates) if len(head) == evals else None,
+        "seconds_to_target": None if reached is None else round(reached, 3),
+        "time_ratio_to_target": None if reached is None else round(reached / seconds, 3),
+    }  # fmt: skip
+
+
+def goals(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, bool]:
+    """The issue's goals for one variant on one problem (rises over the iterates, and over
+    every evaluation logged)."""
+    ratio = row["time_ratio_to_target"]
+    return {
+        "no_worse_at_evals": row["best_at_evals"] <= reference["best_at_evals"],
+        "no_iterate_rise_over_1pct": row["iterate_rises_over_1pct"] == 0,
+        "no_raw_rise_over_1pct": row["rises_over_1pct"] == 0,
+        "half_the_time": ratio is not None and ratio <= 0.5,
+    }
+
+
+# ---- one problem -------------------------------------------------------------------------------
+
+
+def base_overrides(args: argparse.Namespace) -> list[str]:
+    return [
+        *BASE_OVERRIDES, f"model.weights={args.weights}", f"image_size={args.size}",
+        f"device={args.device}", f"precision={args.precision}", f"seed={args.seed}",
+    ]  # fmt: skip
+
+
+def run_problem(
+    pair: str, layers: str, args: argparse.Namespace, variants: dict[str, list[str]]
+) -> tuple[dict[str, Any], dict[str, Trace]]:
+    """The tutorial first (it sets the time T and the target), then every variant."""
+    base = base_overrides(args)
+    tutorial = run_tutorial(make_config(pair, layers, base + VARIANTS["lbfgs"]), args.evals)
+    budget = tutorial.seconds[min(args.evals, len(tutorial.seconds)) - 1]
+    target = min(tutorial.total[: args.evals])
+    traces, limit = {TUTORIAL: tutorial}, args.max_factor * args.evals
+    info = {}
+    for name, overrides in variants.items():
+        log.info("%s/%s: %s %s", pair, layers, name, " ".join(overrides))
+        synthesis = build_synthesis(make_config(pair, layers, base + overrides))
+        info = synthesis.info
+        traces[name] = run_steps(synthesis, args.evals, budget, limit)
+    if not args.skip_strong_wolfe:
+        log.info("%s/%s: %s", pair, layers, STRONG_WOLFE)
+        synthesis = build_synthesis(make_config(pair, layers, base + VARIANTS["lbfgs"]))
+        traces[STRONG_WOLFE] = run_strong_wolfe(synthesis, args.evals, budget, limit)
+    runs = {name: metrics(trace, args.evals, budget, target) for name, trace in traces.items()}
+    for row in runs.values():
+        row["goals"] = goals(row, runs[TUTORIAL])
+    result = {"time_budget_seconds": round(budget, 3), "target_total": target, **info}
+    return {**result, "runs": runs}, traces
+
+
+def plot(name: str, traces: dict[str, Trace], budget: float, target: float, path: Path) -> None:
+    """Total loss against time and against evaluations (log scale), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_time, by_evals) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, trace in traces.items():
+        line = by_time.plot(trace.seconds, trace.total, label=label, linewidth=1)[0]
+        by_evals.plot(range(1, len(trace.total) + 1), trace.total, color=line.get_color(), lw=1)
+    for axis, xlabel in ((by_time, "seconds"), (by_evals, "evaluations")):
+        axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.grid(alpha=0.3)
+    by_time.axvline(budget, color="grey", linestyle="--", linewidth=1)
+    by_time.set_ylabel("total loss (every evaluation)")
+    by_time.legend(fontsize=8)
+    figure.suptitle(f"{name}: dotted = tutorial's best in its evaluations, dashed = its time")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def summarise(problems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per run over all problems: goals met, geometric mean of best totals vs the tutorial's."""
+    names = next(iter(problems.values()))["runs"].keys()
+    summary = {}
+    for name in names:
+        rows = [(p["runs"][name], p["runs"][TUTORIAL]) for p in problems.values()]
+        log_ratio = [math.log(r["best_at_evals"] / t["best_at_evals"]) for r, t in rows]
+        timed = [(r["best_at_time"], t["best_at_time"]) for r, t in rows]
+        time_log = [math.log(a / b) for a, b in timed if a is not None and b is not None]
+        met = {key: sum(r["goals"][key] for r, _ in rows) for key in rows[0][0]["goals"]}
+        summary[name] = {
+            "problems": len(rows),
+            "best_at_evals_vs_tutorial_geomean": round(math.exp(sum(log_ratio) / len(rows)), 4),
+            "best_at_time_vs_tutorial_geomean": (  # None: a run had no evaluation within T
+                round(math.exp(sum(time_log) / len(rows)), 4)
+                if len(time_log) == len(rows)
+                else None
+            ),
+            "goals_met": met,
+            "raw_rises_over_1pct": sum(r["rises_over_1pct"] for r, _ in rows),
+        }
+    return summary
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    evals = result["settings"]["evals"]
+    lines = [
+        f"N = {evals} evaluations; T = the tutorial's seconds for N. best@N, best@T: lowest total "
+        "logged. reach: seconds to the tutorial's best@N, as a fraction of T. rises: logged "
+        "evaluations > 1% above the one before (raw / over accepted iterates). rej: rejected "
+        "line-search trials in N.",
+        "",
+        "| problem | run | best@N | best@T | evals by T | reach / T | rises raw / iter | rej "
+        "| ms/eval |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for problem, entry in result["problems"].items():
+        for name, row in entry["runs"].items():
+            reach = row["time_ratio_to_target"]
+            evals_by_t = entry["evals_by_time"][name]
+            lines.append(
+                f"| {problem} | {name} | {row['best_at_evals']:.4g} | {fmt(row['best_at_time'])} "
+                f"| {evals_by_t} | {'never' if reach is None else f'{reach:.2f}'} "
+                f"| {row['rises_over_1pct']} / {row['iterate_rises_over_1pct']} "
+                f"| {row['rejected'] if row['rejected'] is not None else '-'} "
+                f"| {row['ms_per_eval']} |"
+            )
+    lines += ["", "| run | best@N / tutorial (geomean) | best@T / tutorial | goals met |",
+              "|---|---|---|---|"]  # fmt: skip
+    for name, row in result["summary"].items():
+        met = ", ".join(f"{k} {v}/{row['problems']}" for k, v in row["goals_met"].items())
+        lines.append(
+            f"| {name} | {row['best_at_evals_vs_tutorial_geomean']} "
+            f"| {row['best_at_time_vs_tutorial_geomean']} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def environment(device: str) -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    else:
+        env.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return env
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--evals", type=int, default=300)
+    parser.add_argument("--weights", default="random", help="imagenet | random | <file>")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (engine runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS))
+    parser.add_argument("--layers", nargs="+", default=list(LAYER_SETS))
+    parser.add_argument("--only", nargs="+", help="run only these variants (names)")
+    parser.add_argument(
+        "--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+        help="add or replace a variant: a name and its config overrides",
+    )  # fmt: skip
+    parser.add_argument("--max-factor", type=int, default=20, help="evaluation cap: x evals")
+    parser.add_argument("--skip-strong-wolfe", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
+    parser.add_argument("--out-dir", type=Path, default=Path("convergence-results"))
+    return parser.parse_args(argv)
+
+
+def chosen_variants(args: argparse.Namespace) -> dict[str, list[str]]:
+    variants = dict(VARIANTS)
+    for name, *overrides in args.variant:
+        variants[name] = overrides
+    if args.only:
+        variants = {name: variants[name] for name in args.only}
+    return variants
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = chosen_variants(args)
+    warm = make_config(args.pairs[0], args.layers[0], base_overrides(args))
+    run_tutorial(warm, 3)  # untimed warm-up: thread pools, allocator, first-call costs
+    settings = {**{k: v for k, v in vars(args).items() if k != "out_dir"}, "variants": variants}
+    result: dict[str, Any] = {"env": environment(args.device), "settings": settings}
+    problems: dict[str, dict[str, Any]] = {}
+    for pair in args.pairs:
+        for layers in args.layers:
+            name = f"{pair}/{layers}"
+            entry, traces = run_problem(pair, layers, args, variants)
+            path = args.out_dir / f"{pair}_{layers}.png"
+            plot(name, traces, entry["time_budget_seconds"], entry["target_total"], path)
+            entry["plot"] = str(path)
+            entry["evals_by_time"] = {
+                key: sum(t <= entry["time_budget_seconds"] for t in trace.seconds)
+                for key, trace in traces.items()
+            }
+            problems[name] = entry
+            table = write(result, problems, args.out_dir)  # after each problem: partial results
+    print(table)
+    return result
+
+
+def write(result: dict[str, Any], problems: dict[str, Any], out_dir: Path) -> str:
+    result.update(problems=problems, summary=summarise(problems))
+    table = markdown(result)
+    (out_dir / "convergence.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "convergence.md").write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
