@@ -73,7 +73,7 @@ class StyleTerm(Term):
     style, synthesis frame): one guided loss per style inside its own region, summed, each
     scaled by `count * blend` (so 1 for the default equal blend); pixels no mask covers get no
     style loss. Masks are propagated to the layer's resolution once per stage; a region that
-    is empty at this layer is skipped.
+    is empty at this layer is skipped, a mask that covers all of it is dropped.
     """
 
     kind = "style"
@@ -101,9 +101,12 @@ class StyleTerm(Term):
                 self.region_weights.append(len(features) * targets.blend[index])
 
     def _at_layer(self, masks: list[torch.Tensor | None] | None) -> list | None:
+        """The masks at this layer's resolution; one that selects everything becomes None (no
+        mask), so an all-ones mask computes exactly what no mask does, gradients included."""
         if masks is None:
             return None
-        return [None if m is None else propagate_mask(m, self.layer) for m in masks]
+        layer_masks = [None if m is None else propagate_mask(m, self.layer) for m in masks]
+        return [None if m is None or bool((m == 1).all()) else m for m in layer_masks]
 
     def forward(self, features: Features, image: torch.Tensor) -> torch.Tensor:
         layer_features = features[self.layer]
