@@ -103,7 +103,9 @@ def test_final_image_and_frames_keep_the_content_colours(tmp_path: Path, mode: s
 
 def test_luminance_mode_synthesises_on_grey_images(tmp_path: Path) -> None:
     built = build_synthesis(config("color=luminance"))
+    start = built.synthesis.enter_stage(0).image  # from the grey content
     content, styles = built.synthesis.set_stage_targets(32)
+    assert torch.equal(start, content)
     for image in (content, *styles):
         assert torch.equal(image[:, 0], image[:, 1]) and torch.equal(image[:, 1], image[:, 2])
     assert not torch.equal(built.synthesis.stage_content[:, 0], built.synthesis.stage_content[:, 1])

@@ -63,7 +63,7 @@ class LoopSettings:
 class Result:
     status: str  # finished | interrupted
     step: int  # global steps done
-    image: torch.Tensor  # the output image (see Synthesizer.output_image)
+    image: torch.Tensor  # the output image (Synthesizer.output_image, through `present`)
     last_row: Row
     best_step: int | None  # global step of the lowest total in the last stage
     best_total: float
