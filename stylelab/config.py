@@ -1,7 +1,8 @@
 """The configuration schema: plain dataclasses (Hydra registers them; the engine never imports Hydra).
 
 Top-level keys are the knobs researchers sweep; groups mirror the engine's concepts:
-`pair` (images), `layers` (which VGG outputs), `optim`, `model` (VGG weights), `logger` (tracking).
+`pair` (images), `layers` (which VGG outputs), `optim`, `model` (VGG weights), `logger` (tracking),
+`color` (colour preservation).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from stylelab.engine.color import COLOR_MODES, HISTOGRAM_METHODS
 from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
+from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
 
@@ -34,6 +37,11 @@ class PairConfig:
     content: str = MISSING
     style: Any = MISSING  # one source, or a list of sources blended
     style_blend: list[float] | None = None  # one weight per style (default equal; normalised)
+    # Spatial control: one mask per style in the content's frame (white: that style applies),
+    # a source or mask:left|right|top|bottom|all|none; with masks, style_blend scales each
+    # style's region loss (default equal: each at full style_weight).
+    style_masks: Any = None  # one source, or a list of them (one per style)
+    style_source_masks: Any = None  # likewise, in each style's own frame (null: all of it)
 
 
 @dataclass
@@ -56,6 +64,16 @@ class OptimConfig:
     tolerance: float = 0.0  # 0: off; else stop once the best total falls by less than this ...
     window: int = 50  # ... (relative) over the last `window` evaluations (last stage only)
     line_search: str = "none"  # none | armijo (L-BFGS only; each step is still one evaluation)
+
+
+@dataclass
+class ColorConfig:
+    """Colour preservation: none | histogram (style colours matched to the content's) |
+    luminance (synthesis on luminance, content colours) | original (result luminance,
+    content colours)."""
+
+    name: str = "none"
+    histogram_method: str = "cholesky"  # cholesky | eigen (histogram mode's affine map)
 
 
 @dataclass
@@ -107,6 +125,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    color: ColorConfig = field(default_factory=ColorConfig)
 
     content_weight: float = 1.0
     style_weight: float = 1e6
@@ -115,6 +134,8 @@ class Config:
     image_size: int = 512
     style_size: int | None = None  # style long side in px, fixed (default: style_scale)
     style_scale: float = 1.0  # style long side = style_scale x the stage's long side
+    # gram (Gatys) | w2 (Gaussian Wasserstein-2; needs another style_weight: experiment=w2_offline)
+    style_loss: str = "gram"
     tv_loss: str = "l1"  # l1 (mean |difference|, as d2l) | l2 (squared, smooth, as jcjohnson)
     keep: str = "last"  # the result: last iterate | best (lowest total) iterate
     seed: int = 0
@@ -239,6 +260,14 @@ def style_sources(cfg: Config) -> list[str]:
     return [str(s) for s in style] if isinstance(style, list | tuple) else [str(style)]
 
 
+def mask_sources(masks: Any) -> list[str | None] | None:
+    """`pair.style_masks` or `pair.style_source_masks` as a list (None if not given)."""
+    if masks is None:
+        return None
+    items = list(masks) if isinstance(masks, list | tuple) else [masks]
+    return [None if item is None else str(item) for item in items]
+
+
 def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
     """Checks of the styles, schedule, output and averaging options."""
     styles, blend = style_sources(cfg), cfg.pair.style_blend
@@ -271,4 +300,34 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
             f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
         ),
         (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),
+        *perceptual_checks(cfg, len(styles)),
+    ]
+
+
+def perceptual_checks(cfg: Config, style_count: int) -> list[tuple[bool, str]]:
+    """Checks of the colour mode, the style statistic and the styles' masks."""
+    masks = mask_sources(cfg.pair.style_masks)
+    source_masks = mask_sources(cfg.pair.style_source_masks)
+    return [
+        (
+            cfg.color.name in COLOR_MODES,
+            f"color={cfg.color.name}: use one of {', '.join(COLOR_MODES)}",
+        ),
+        (
+            cfg.color.histogram_method in HISTOGRAM_METHODS,
+            f"color.histogram_method={cfg.color.histogram_method}: use cholesky or eigen",
+        ),
+        (
+            cfg.style_loss in STYLE_STATISTICS,
+            f"style_loss={cfg.style_loss}: use one of {', '.join(STYLE_STATISTICS)}",
+        ),
+        (
+            masks is None or (len(masks) == style_count and None not in masks),
+            f"pair.style_masks has {len([m for m in masks or [] if m])} masks for {style_count} styles: give one each",
+        ),
+        (
+            source_masks is None or len(source_masks) == style_count,
+            f"pair.style_source_masks has {len(source_masks or [])} masks for {style_count} "
+            "styles: give one each (null for the whole style)",
+        ),
     ]

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stylelab.config import Config, style_sources
+from stylelab.config import Config, mask_sources, style_sources
+from stylelab.engine.color import finish_color, prepare_color_inputs
 from stylelab.engine.device import resolve_device
 from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
 from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
-from stylelab.engine.loop import LoopSettings, OptimSettings, Synthesis
+from stylelab.engine.loop import LoopSettings, OptimSettings, Prepare, Present, Synthesis
+from stylelab.engine.masks import load_mask
 from stylelab.engine.objective import Objective, gatys_terms
 from stylelab.engine.schedule import Stage, make_schedule
 from stylelab.engine.sources import load_source
+from stylelab.engine.statistics import style_statistic
 from stylelab.engine.synthesis import default_precision, initial_image
 from stylelab.errors import ImageError, StyleLabError
 
@@ -57,6 +61,47 @@ class StageImages:
         return self.cache[size]
 
 
+Masks = list[torch.Tensor] | None
+SourceMasks = list[torch.Tensor | None] | None
+
+
+class StageMasks:
+    """The styles' masks (`pair.style_masks`, `pair.style_source_masks`) at the sizes of a
+    stage's content and styles, on the device (cached per size)."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.masks = mask_sources(cfg.pair.style_masks)
+        self.source_masks = mask_sources(cfg.pair.style_source_masks)
+        self.cache_dir, self.device = cfg.cache_dir, device
+        self.cache: dict[tuple, tuple[Masks, SourceMasks]] = {}
+
+    def load(self, source: str, image: torch.Tensor) -> torch.Tensor:
+        return load_mask(source, tuple(image.shape[-2:]), self.cache_dir).to(self.device)
+
+    def __call__(
+        self, content: torch.Tensor, styles: list[torch.Tensor]
+    ) -> tuple[Masks, SourceMasks]:
+        key = (tuple(content.shape[-2:]), *(tuple(style.shape[-2:]) for style in styles))
+        if key not in self.cache:
+            masks = None if self.masks is None else [self.load(m, content) for m in self.masks]
+            self.cache = {key: (masks, self.style_frame_masks(styles))}
+        return self.cache[key]
+
+    def style_frame_masks(self, styles: list[torch.Tensor]) -> SourceMasks:
+        if self.source_masks is None:
+            return None
+        masks = []
+        for number, (source, style) in enumerate(zip(self.source_masks, styles, strict=True), 1):
+            mask = None if source is None else self.load(source, style)
+            if mask is not None and not bool(mask.sum() > 0):
+                raise ImageError(
+                    f"pair.style_source_masks: {source} selects no pixel of style {number}: "
+                    "white marks the part of the style to measure"
+                )
+            masks.append(mask)
+        return masks
+
+
 @dataclass
 class Built:
     """A ready synthesis and what the runner reports about it."""
@@ -67,14 +112,26 @@ class Built:
     images: StageImages
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """The inputs as the network sees them at the final size: `content`, `style`,
-        `style_2`, ... (uint8)."""
-        content, styles = self.images(self.synthesis.stages[-1].size)
-        names = ["style", *(f"style_{i}" for i in range(2, len(styles) + 1))]
+        """The inputs at the final size (uint8): `content` as given (whose colours `color=`
+        luminance and original keep), `style`, `style_2`, ... as the objective sees them
+        (colour-matched or grey with `color=`) and the styles' masks `mask`, `mask_2`, ..."""
+        synthesis = self.synthesis
+        content, styles = self.images(synthesis.stages[-1].size)
+        prepared, styles = (
+            synthesis.prepare(content, styles) if synthesis.prepare else (content, styles)
+        )
+        masks = synthesis.stage_masks(prepared, styles)[0] if synthesis.stage_masks else None
+        grey = [tensor_to_uint8(mask.expand(-1, 3, -1, -1)) for mask in masks or []]
         return {
             "content": tensor_to_uint8(content),
-            **{name: tensor_to_uint8(style) for name, style in zip(names, styles, strict=True)},
+            **dict(zip(numbered("style", len(styles)), map(tensor_to_uint8, styles), strict=True)),
+            **dict(zip(numbered("mask", len(grey)), grey, strict=True)),
         }
+
+
+def numbered(name: str, count: int) -> list[str]:
+    """`name`, `name_2`, ... `name_<count>`."""
+    return [name, *(f"{name}_{i}" for i in range(2, count + 1))][:count]
 
 
 def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
@@ -113,12 +170,33 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
         ),
         loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),
         blend=cfg.pair.style_blend,
+        **perceptual_hooks(cfg, device),
     )
     return Built(synthesis, device, precision, images)
 
 
+def perceptual_hooks(cfg: Config, device: torch.device) -> dict:
+    """The synthesis's `prepare`, `present` and `stage_masks` for the colour mode and masks."""
+    prepare, present = color_hooks(cfg)
+    has_masks = cfg.pair.style_masks is not None or cfg.pair.style_source_masks is not None
+    stage_masks = StageMasks(cfg, device) if has_masks else None
+    return {"prepare": prepare, "present": present, "stage_masks": stage_masks}
+
+
+def color_hooks(cfg: Config) -> tuple[Prepare | None, Present | None]:
+    """`histogram` and `luminance` change the images the objective sees; `luminance` and
+    `original` show the synthesised luminance with the content's colours."""
+    mode, method = cfg.color.name, cfg.color.histogram_method
+    prepare = None
+    if mode in ("histogram", "luminance"):
+        prepare = partial(prepare_color_inputs, mode=mode, method=method)
+    present = partial(finish_color, mode=mode) if mode in ("luminance", "original") else None
+    return prepare, present
+
+
 def terms_of(cfg: Config) -> list:
-    """The objective's terms from the layer selection and the loss weights."""
+    """The objective's terms from the layer selection, the loss weights and `style_loss`."""
+    statistic = style_statistic(cfg.style_loss)
     try:
         return gatys_terms(
             parse_layers(cfg.layers.content),
@@ -129,6 +207,7 @@ def terms_of(cfg: Config) -> list:
             content_layer_weights=cfg.layers.content_weights,
             style_layer_weights=cfg.layers.style_weights,
             tv_loss=cfg.tv_loss,
+            statistic=statistic,
         )
     except ValueError as error:
         raise StyleLabError(f"{error}: give one weight per layer") from None

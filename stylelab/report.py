@@ -30,12 +30,15 @@ import yaml
 
 EXIT_USAGE = 2
 ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
-INPUT_IMAGES = re.compile(r"^(content|style(_\d+)?)$")  # content.png, style.png, style_2.png, ...
+# content.png, style.png, style_2.png, ..., and the styles' masks mask.png, mask_2.png, ...
+INPUT_IMAGES = re.compile(r"^(content|style(_\d+)?|mask(_\d+)?)$")
 TABLE_CONFIG = {  # table column: dotted key in the run's config
     "pair": "pair.name",
     "layers": "layers.name",
     "optim": "optim.name",
     "style_weight": "style_weight",
+    "style_loss": "style_loss",
+    "color": "color.name",
     "content_weight": "content_weight",
     "tv_weight": "tv_weight",
     "steps": "steps",

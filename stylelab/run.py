@@ -166,6 +166,8 @@ def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
         "layers": config.layers.name,
         "optimizer": config.optim.name,
         "style_weight": config.style_weight,
+        "style_loss": config.style_loss,
+        "color": config.color.name,
         "content_weight": config.content_weight,
         "tv_weight": config.tv_weight,
         "image_size": config.image_size,

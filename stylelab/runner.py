@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from stylelab.config import Config, style_sources, validate
+from stylelab.config import Config, mask_sources, style_sources, validate
 from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.errors import StyleLabError
@@ -101,7 +101,8 @@ def _synthesize(
         folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
     inputs = built.inputs()
     if checkpoint is None:
-        captions = [cfg.pair.content, *style_sources(cfg)]
+        masks = mask_sources(cfg.pair.style_masks) or []
+        captions = [cfg.pair.content, *style_sources(cfg), *masks]
         for (key, image), caption in zip(inputs.items(), captions, strict=True):
             folder.save_image(f"{key}.png", image)
             tracker.log_image(key, image, caption=caption)

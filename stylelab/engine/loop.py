@@ -26,6 +26,16 @@ Row = dict[str, float]
 StageImages = Callable[[int], tuple[torch.Tensor, list[torch.Tensor]]]
 # (content, [styles]) -> the first stage's starting image
 StartImage = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+# (content, [styles]) -> the images the objective and the start image see (e.g. colour-matched)
+Prepare = Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
+# (image, the stage's content as `stage_images` gave it) -> what frames and the result show
+Present = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (prepared content, [styles]) -> per style a mask in the synthesis frame, and per style a mask
+# (or None) in its own frame; either list may be None (no masks). See `terms.StyleTerm`.
+StageMasks = Callable[
+    [torch.Tensor, list[torch.Tensor]],
+    tuple[list[torch.Tensor] | None, list[torch.Tensor | None] | None],
+]
 
 
 @dataclass
@@ -54,7 +64,7 @@ class LoopSettings:
 class Result:
     status: str  # finished | interrupted
     step: int  # global steps done
-    image: torch.Tensor  # the output image (see Synthesizer.output_image)
+    image: torch.Tensor  # the output image (Synthesizer.output_image, through `present`)
     last_row: Row
     best_step: int | None  # global step of the lowest total in the last stage
     best_total: float
@@ -113,7 +123,13 @@ class LossBuffer:
 
 @dataclass
 class Synthesis:
-    """An objective, the images it is built from per stage, a schedule and optimiser settings."""
+    """An objective, the images it is built from per stage, a schedule and optimiser settings.
+
+    Optional hooks: `prepare` turns each stage's images into what the objective sees (colour
+    matching, luminance only), `stage_masks` gives the styles' spatial masks per stage, and
+    `present` turns the synthesised image into what frames and the result show (e.g. the
+    synthesised luminance with the content's colours).
+    """
 
     objective: Objective
     stage_images: StageImages
@@ -124,6 +140,10 @@ class Synthesis:
     blend: Sequence[float] | None = None
     synth: Synthesizer | None = None  # the current stage's
     stage_index: int = 0
+    prepare: Prepare | None = None
+    present: Present | None = None
+    stage_masks: StageMasks | None = None
+    stage_content: torch.Tensor | None = None  # the current stage's content, before `prepare`
     stop_reason: str | None = None  # set by `finish_early`
 
     def finish_early(self, reason: str) -> None:
@@ -159,8 +179,7 @@ class Synthesis:
     def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
         """Set the targets and make the Synthesizer of stage `index` (the current one)."""
         stage, previous = self.stages[index], self.synth
-        content, styles = self.stage_images(stage.size)
-        self.objective.set_targets(content, styles, self.blend)
+        content, styles = self.set_stage_targets(stage.size)
         if previous is None:
             image = self.start_image(content, styles)
         else:
@@ -175,6 +194,27 @@ class Synthesis:
         if resume is not None:
             self.synth.load_state_dict(resume["synthesis"])
         return self.synth
+
+    def stage_inputs(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The content and styles the objective sees at `size` (after `prepare`)."""
+        content, styles = self.stage_images(size)
+        self.stage_content = content
+        return self.prepare(content, styles) if self.prepare is not None else (content, styles)
+
+    def set_stage_targets(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Set the objective's targets for a stage of `size`; returns its prepared images."""
+        content, styles = self.stage_inputs(size)
+        masks, style_masks = (
+            self.stage_masks(content, styles) if self.stage_masks is not None else (None, None)
+        )
+        self.objective.set_targets(content, styles, self.blend, masks, style_masks)
+        return content, styles
+
+    def presented(self, image: torch.Tensor) -> torch.Tensor:
+        """`image` as frames and the result show it (through `present`, if set)."""
+        if self.present is None or self.stage_content is None:
+            return image
+        return self.present(image, self.stage_content)
 
 
 class _Run:
@@ -199,7 +239,8 @@ class _Run:
         while synth.step_count < stage.end and self.synthesis.stop_reason is None:
             step = synth.step_count
             if step % loop.image_every == 0:
-                self.notify("on_frame", step, tensor_to_uint8(synth.display_image))
+                frame = self.synthesis.presented(synth.display_image)
+                self.notify("on_frame", step, tensor_to_uint8(frame))
             self.buffer.add(step, synth.step())
             stop = self.should_stop()
             if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
@@ -238,7 +279,7 @@ class _Run:
         result = Result(
             status=status,
             step=synth.step_count,
-            image=synth.output_image(synthesis.optim.keep),
+            image=synthesis.presented(synth.output_image(synthesis.optim.keep)),
             last_row=self.last_row,
             best_step=stage.first_step + best_index if best_index >= 0 else None,
             best_total=best_total,

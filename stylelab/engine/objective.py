@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from stylelab.engine.features import VGGFeatures
+from stylelab.engine.statistics import StyleStatistic
 from stylelab.engine.terms import ContentTerm, StyleTerm, Targets, Term, TVTerm
 
 
@@ -39,10 +40,22 @@ class Objective(nn.Module):
         content: torch.Tensor,
         styles: Sequence[torch.Tensor],
         blend: Sequence[float] | None = None,
+        masks: Sequence[torch.Tensor] | None = None,
+        style_masks: Sequence[torch.Tensor | None] | None = None,
     ) -> None:
-        """Build every term's target from the content and style images of one stage."""
+        """Build every term's target from the content and style images of one stage (and the
+        styles' masks: synthesis frame, and optionally each style's own frame; see StyleTerm)."""
         blend = normalised_blend(blend, len(styles))
-        targets = Targets(self.encoder(content), [self.encoder(s) for s in styles], blend)
+        for given, what in ((masks, "masks"), (style_masks, "style masks")):
+            if given is not None and len(given) != len(styles):
+                raise ValueError(f"{len(given)} {what} given for {len(styles)} style images")
+        targets = Targets(
+            self.encoder(content),
+            [self.encoder(s) for s in styles],
+            blend,
+            None if masks is None else list(masks),
+            None if style_masks is None else list(style_masks),
+        )
         for term in self.terms:
             term.set_target(targets)
 
@@ -93,8 +106,10 @@ def gatys_terms(
     content_layer_weights: Sequence[float] | None = None,
     style_layer_weights: Sequence[float] | None = None,
     tv_loss: str = "l1",
+    statistic: StyleStatistic | None = None,
 ) -> list[Term]:
-    """The write-up's terms: content MSE and Gram MSE per layer (global x per-layer weight), TV."""
+    """The write-up's terms: content MSE and style loss per layer (global x per-layer weight),
+    TV. The style terms use `statistic` (default: Gram matrices, as the write-up)."""
     content_w = layer_weights(content_layer_weights, content_layers, "content")
     style_w = layer_weights(style_layer_weights, style_layers, "style")
     return [
@@ -103,7 +118,7 @@ def gatys_terms(
             for layer, w in zip(content_layers, content_w, strict=True)
         ),
         *(
-            StyleTerm(style_weight * w, layer)
+            StyleTerm(style_weight * w, layer, statistic)
             for layer, w in zip(style_layers, style_w, strict=True)
         ),
         TVTerm(tv_weight, norm=tv_loss),

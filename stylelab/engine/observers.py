@@ -70,8 +70,8 @@ class NonFiniteGuard(Observer):
             self.last_finite = synth.display_image.detach().clone()
 
     def on_nonfinite(self, row: Row) -> None:
-        assert self.last_finite is not None
-        path = self.save(self.last_finite)
+        assert self.last_finite is not None and self.synthesis is not None
+        path = self.save(self.synthesis.presented(self.last_finite))
         raise DivergenceError(
             f"the loss became {row['total']} at step {row['step']}: the last finite image is in "
             f"{path}; lower optim.lr or the loss weights, or use precision=fp32"

@@ -3,7 +3,8 @@ and builds its target once per stage. A new kind is one class here, added to `TE
 
 A term's `forward(features, image)` returns its weighted value; `features` maps layer index to
 the synthesis's feature maps. `set_target(targets)` receives the features of the content image
-and of every style image at the current stage size, with the styles' blend weights.
+and of every style image at the current stage size, with the styles' blend weights and, for
+spatial control, one mask per style in the synthesis frame and optionally one in the style's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from stylelab.engine.features import layer_name
-from stylelab.engine.losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
+from stylelab.engine.losses import ContentLoss, TVLoss
+from stylelab.engine.masks import propagate_mask
+from stylelab.engine.statistics import GramStatistic, StyleStatistic, blended_style_loss
 
 Features = dict[int, torch.Tensor]
 
@@ -26,6 +29,8 @@ class Targets:
     content: Features
     styles: list[Features]
     blend: list[float]  # one weight per style, summing to 1
+    masks: list[torch.Tensor] | None = None  # per style, (1, 1, H, W) in the synthesis frame
+    style_masks: list[torch.Tensor | None] | None = None  # per style, in that style's frame
 
 
 class Term(nn.Module):
@@ -62,20 +67,62 @@ class ContentTerm(Term):
 
 
 class StyleTerm(Term):
-    """Gram-matrix MSE at `layer` against the blend-weighted sum of the styles' Gram matrices."""
+    """A style statistic's loss at `layer` (Gram MSE by default, or W2; see `statistics`).
+
+    Without masks: one loss against the blend of the styles' statistics. With masks (one per
+    style, synthesis frame): one guided loss per style inside its own region, summed, each
+    scaled by `count * blend` (so 1 for the default equal blend); pixels no mask covers get no
+    style loss. Masks are propagated to the layer's resolution once per stage; a region that
+    is empty at this layer is skipped, a mask that covers all of it is dropped.
+    """
 
     kind = "style"
 
+    def __init__(
+        self, weight: float, layer: int | None = None, statistic: StyleStatistic | None = None
+    ):
+        super().__init__(weight, layer)
+        self.statistic = statistic if statistic is not None else GramStatistic()
+
     def set_target(self, targets: Targets) -> None:
-        grams = [gram_matrix(style[self.layer]) for style in targets.styles]
-        if len(grams) == 1:
-            target = grams[0]
-        else:
-            target = sum(w * g for w, g in zip(targets.blend, grams, strict=True))
-        self.loss = StyleLoss(target_gram=target)
+        features = [style[self.layer] for style in targets.styles]
+        style_masks = self._at_layer(targets.style_masks)
+        if targets.masks is None:
+            loss = blended_style_loss(self.statistic, features, targets.blend, style_masks)
+            self.losses, self.region_weights = nn.ModuleList([loss]), [1.0]
+            return
+        masks = self._at_layer(targets.masks)
+        style_masks = style_masks or [None] * len(features)
+        self.losses, self.region_weights = nn.ModuleList(), []
+        for index, (mask, style_mask) in enumerate(zip(masks, style_masks, strict=True)):
+            if _selects(mask) and _selects(style_mask):
+                target = self.statistic.measure(features[index], style_mask)
+                self.losses.append(self.statistic.loss(target, mask))
+                self.region_weights.append(len(features) * targets.blend[index])
+
+    def _at_layer(self, masks: list[torch.Tensor | None] | None) -> list | None:
+        """The masks at this layer's resolution; one that selects everything becomes None (no
+        mask), so an all-ones mask computes exactly what no mask does, gradients included."""
+        if masks is None:
+            return None
+        layer_masks = [None if m is None else propagate_mask(m, self.layer) for m in masks]
+        return [None if m is None or bool((m == 1).all()) else m for m in layer_masks]
 
     def forward(self, features: Features, image: torch.Tensor) -> torch.Tensor:
-        return self.weight * self.loss(features[self.layer])
+        layer_features = features[self.layer]
+        values = [
+            w * loss(layer_features)
+            for loss, w in zip(self.losses, self.region_weights, strict=True)
+        ]
+        if not values:  # every region is empty at this layer
+            return image.new_zeros((), dtype=torch.float32)
+        return self.weight * sum(values[1:], values[0])
+
+
+def _selects(mask: torch.Tensor | None) -> bool:
+    """A mask selects something at this layer (no mask selects everything); target-building
+    time only: reading the sum back synchronises."""
+    return mask is None or bool(mask.sum() > 0)
 
 
 class TVTerm(Term):
