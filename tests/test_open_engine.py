@@ -66,7 +66,7 @@ def test_blend_is_the_weighted_sum_of_the_styles_grams(encoder: VGGFeatures) -> 
             expected = 0.7 * gram_matrix(features_a[term.layer]) + 0.3 * gram_matrix(
                 features_b[term.layer]
             )
-            torch.testing.assert_close(term.loss.target, expected, rtol=1e-6, atol=0)
+            torch.testing.assert_close(term.losses[0].target, expected, rtol=1e-6, atol=0)
 
 
 def test_a_blend_of_one_and_zero_is_exactly_the_single_style(encoder: VGGFeatures) -> None:
