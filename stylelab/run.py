@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import secrets
 import sys
 import traceback
 from pathlib import Path
@@ -20,8 +20,9 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
-from stylelab.runner import EXIT_FAILED, run_synthesis
+from stylelab.outputs import CONFIG_FILE, RunFolder, unlock_all, was_interrupted
+from stylelab.resume import check_checkpoint, resumed_config
+from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, run_synthesis
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
@@ -52,29 +53,43 @@ def sweep_group(cfg: DictConfig) -> str | None:
     return None
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """For `resume=<run folder>`: that run's config, with this command's other overrides on top."""
-    stored = Path(cfg.resume).expanduser() / "config.yaml"
-    if not stored.exists():
-        raise StyleLabError(
-            f"resume={cfg.resume}: no config.yaml there; give the folder of an earlier run"
-        )
-    resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored))
-    extra = [o for o in overrides if not o.startswith(("resume=", "hydra"))]
-    resumed.merge_with_dotlist([o for o in extra if "=" in o and not o.startswith(("+", "~"))])
-    resumed.resume = str(Path(cfg.resume).expanduser())
-    return resumed
+def holds_run(folder: str | None) -> bool:
+    """`folder` is an earlier run's folder (it has the run's config.yaml)."""
+    return bool(folder) and (Path(str(folder)).expanduser() / CONFIG_FILE).is_file()
 
 
-def was_interrupted(run_dir: Path) -> bool:
-    """The folder holds a checkpoint of a run that was interrupted (not finished or failed)."""
-    summary = run_dir / SUMMARY_FILE
-    if not (run_dir / CHECKPOINT_FILE).exists() or not summary.exists():
-        return False
-    try:
-        return json.loads(summary.read_text()).get("status") == "interrupted"
-    except json.JSONDecodeError:
-        return False
+# For conf/config.yaml, before Hydra composes: a short random id makes run folders unique
+# (cached, so a sweep's jobs share their sweep's), and `if_resuming` picks the run folder of
+# `resume=` for the log and Hydra's files of a resumed run.
+OmegaConf.register_new_resolver(
+    "stylelab.run_id", lambda: secrets.token_hex(3), use_cache=True, replace=True
+)
+OmegaConf.register_new_resolver(
+    "stylelab.if_resuming",
+    lambda resume, then, otherwise: then if holds_run(resume) else otherwise,
+    replace=True,
+)
+
+
+def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """Hold the run's folder and settle what it continues; checks only, writes nothing.
+
+    A new run needs a folder no other run holds or has used; a folder with an interrupted run
+    (a requeued job) or `resume=` continues that run, with what `stylelab.resume` allows changed.
+    """
+    RunFolder(run_dir).lock()
+    if not cfg.resume and was_interrupted(run_dir):
+        log.info("%s holds an interrupted run: resuming it", run_dir)
+        cfg.resume = str(run_dir)
+    if not cfg.resume:
+        RunFolder(run_dir).check_fresh()
+    else:
+        cfg = resumed_config(cfg, overrides)
+        run_dir = Path(cfg.resume)
+        folder = RunFolder(run_dir)
+        folder.lock()
+        check_checkpoint(folder, cfg)
+    return cfg, run_dir
 
 
 def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
@@ -91,20 +106,13 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        # A requeued job (SLURM preemption, time limit) finds its interrupted run and resumes it.
-        if not cfg.resume and was_interrupted(run_dir):
-            log.info("%s holds an interrupted run: resuming it", run_dir)
-            cfg.resume = str(run_dir)
-        if cfg.resume:
-            cfg = resumed_config(cfg, overrides)
-            run_dir = Path(cfg.resume)
+        cfg, run_dir = prepare_run(cfg, run_dir, overrides)
         try:
             config: Config = OmegaConf.to_object(cfg)
         except MissingMandatoryValue as error:
             raise StyleLabError(describe_missing(error, cfg)) from None
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-        if not cfg.resume:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         tracker = make_tracker(config.logger.name, **logger_options(config))
         info = RunInfo(
             config=resolved,
@@ -126,6 +134,14 @@ def main(cfg: DictConfig) -> float:
                 return math.inf
             raise
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:  # the stop signal repeated after the grace period: stopped at once
+        log.error(
+            "stopped at once, without waiting for a checkpoint of this step (see %s/summary.json)",
+            run_dir,
+        )
+        if multirun:
+            raise
+        sys.exit(EXIT_INTERRUPTED)
     except StyleLabError as error:
         if cfg.get("debug"):
             traceback.print_exc()
@@ -133,6 +149,8 @@ def main(cfg: DictConfig) -> float:
         if multirun:
             return math.inf
         sys.exit(EXIT_FAILED)
+    finally:
+        unlock_all()  # a multirun's next job may be started in this process
 
 
 def logger_options(config: Config) -> dict[str, Any]:
