@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from stylelab.errors import StyleLabError
-from stylelab.outputs import SUMMARY_FILE, RunFolder, was_interrupted, write_json
+from stylelab.outputs import SUMMARY_FILE, write_json
 
 log = logging.getLogger("stylelab")
 JOBS_FILE = "jobs.json"  # a sweep's job list, written by stylelab's sequential launcher
@@ -27,20 +27,18 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's j
 
 
 class RunFolderGuard(Callback):
-    """Before Hydra writes a single run's files: hold its folder, refuse one in use or used.
+    """Before Hydra writes a single run's files: hold its folder and check the run can start.
 
-    A folder held by a live run, or holding an earlier run that this command neither resumes
-    (`resume=`) nor continues (an interrupted run, as a requeued job does), ends the command
-    with one line; `stylelab.run.prepare_run` checks again (and is all a multirun's jobs get).
+    A folder held by a live run or used by an earlier one, or a `resume=` that would change the
+    run or has no usable checkpoint, ends the command with one line before anything is written
+    (`stylelab.resume.prepare_run`; a multirun's jobs run it themselves).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        run_dir = Path(str(config.hydra.run.dir))
+        from stylelab.resume import prepare_run  # the rules, shared with the job
+
         try:
-            folder = RunFolder(run_dir)
-            folder.lock()
-            if not config.get("resume") and not was_interrupted(run_dir):
-                folder.check_fresh()
+            prepare_run(config, Path(str(config.hydra.run.dir)), list(config.hydra.overrides.task))
         except (StyleLabError, OSError) as error:
             exit_with_error(str(error))
 

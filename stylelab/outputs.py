@@ -147,14 +147,15 @@ class RunFolder:
             )
         except pickle.UnpicklingError as error:
             raise CheckpointError(_unreadable(self.checkpoint_path, error)) from None
-        except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
-            raise CheckpointError(
-                f"{self.checkpoint_path} is empty, truncated or corrupt ({_first_line(error)}): "
-                "restore it from a backup, or start a new run"
-            ) from None
-        except OSError as error:
+        except (PermissionError, IsADirectoryError) as error:
             raise CheckpointError(
                 f"cannot read {self.checkpoint_path}: {error.strerror or error}"
+            ) from None
+        except (EOFError, OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
+            detail = error.strerror if isinstance(error, OSError) else None  # mmap: truncated
+            raise CheckpointError(
+                f"{self.checkpoint_path} is empty, truncated or corrupt "
+                f"({detail or _first_line(error)}): restore it from a backup, or start a new run"
             ) from None
         if not isinstance(state, dict) or not isinstance(state.get("synthesis"), dict):
             raise CheckpointError(

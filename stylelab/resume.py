@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, CheckpointError, RunFolder
+from stylelab.outputs import CONFIG_FILE, CheckpointError, RunFolder, was_interrupted
 
 # Keys (or key prefixes ending in ".") a resume may change; every other key is fixed. `resume`
 # (the folder itself) comes last and is left out of messages.
@@ -65,13 +65,15 @@ def _override_keys(overrides: list[str]) -> list[str]:
     return [k.replace("/", ".") for k in keys if k != "resume" and not k.startswith("hydra")]
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The run's stored config with this command's overrides on top; refuses fixed keys."""
-    folder = Path(cfg.resume).expanduser()
+def resumed_config(cfg: DictConfig, overrides: list[str], resume: str | None = None) -> DictConfig:
+    """The config stored in run folder `resume` (default `cfg.resume`) with this command's
+    overrides (`cfg`, composed from them) on top; refuses to change fixed keys."""
+    resume = resume or cfg.resume
+    folder = Path(resume).expanduser()
     stored_path = folder / CONFIG_FILE
     if not stored_path.is_file():
         raise ResumeError(
-            f"resume={cfg.resume}: no config.yaml there; give the folder of an earlier run"
+            f"resume={resume}: no config.yaml there; give the folder of an earlier run"
         )
     resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
     refused: list[str] = []
@@ -86,7 +88,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             OmegaConf.update(resumed, key, new, merge=False)
     if refused:
         raise ResumeError(
-            f"resume={cfg.resume}: a run cannot change {', '.join(refused)}; only "
+            f"resume={resume}: a run cannot change {', '.join(refused)}; only "
             f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE[:-1])} can: "
             "start a new run to change the others"
         )
@@ -114,3 +116,25 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> None:
             f"{folder.checkpoint_path} belongs to another run (it differs from config.yaml in "
             f"{', '.join(differences)}): put back this run's checkpoint, or start a new run"
         )
+
+
+def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """Hold the run's folder and settle what the run continues: (config, folder). Writes nothing.
+
+    A new run needs a folder no other run holds or has used; a folder with an interrupted run
+    (a requeued job) or `resume=` continues that run, changing only what `RESUMABLE` allows.
+    Called before Hydra writes a single run's files (`stylelab.callbacks.RunFolderGuard`) and
+    again by the job.
+    """
+    resume = cfg.get("resume") or (str(run_dir) if was_interrupted(run_dir) else None)
+    if not resume:
+        folder = RunFolder(run_dir)
+        folder.lock()
+        folder.check_fresh()
+        return cfg, folder.root
+    cfg = resumed_config(cfg, overrides, resume)  # first: a wrong resume= creates no folder
+    RunFolder(run_dir).lock()  # a multirun job's own folder, else the same as the run's
+    folder = RunFolder(cfg.resume)
+    folder.lock()
+    check_checkpoint(folder, cfg)
+    return cfg, folder.root

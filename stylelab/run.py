@@ -20,8 +20,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, RunFolder, unlock_all, was_interrupted
-from stylelab.resume import check_checkpoint, resumed_config
+from stylelab.outputs import CONFIG_FILE, unlock_all
+from stylelab.resume import prepare_run
 from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, run_synthesis
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
@@ -71,27 +71,6 @@ OmegaConf.register_new_resolver(
 )
 
 
-def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """Hold the run's folder and settle what it continues; checks only, writes nothing.
-
-    A new run needs a folder no other run holds or has used; a folder with an interrupted run
-    (a requeued job) or `resume=` continues that run, with what `stylelab.resume` allows changed.
-    """
-    RunFolder(run_dir).lock()
-    if not cfg.resume and was_interrupted(run_dir):
-        log.info("%s holds an interrupted run: resuming it", run_dir)
-        cfg.resume = str(run_dir)
-    if not cfg.resume:
-        RunFolder(run_dir).check_fresh()
-    else:
-        cfg = resumed_config(cfg, overrides)
-        run_dir = Path(cfg.resume)
-        folder = RunFolder(run_dir)
-        folder.lock()
-        check_checkpoint(folder, cfg)
-    return cfg, run_dir
-
-
 def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
     key = error.full_key or "a required key"
     pair = cfg.pair.get("name", "?") if "pair" in cfg else "?"
@@ -106,7 +85,10 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        asked_to_resume = bool(cfg.resume)
         cfg, run_dir = prepare_run(cfg, run_dir, overrides)
+        if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
+            log.info("%s holds an interrupted run: resuming it", run_dir)
         try:
             config: Config = OmegaConf.to_object(cfg)
         except MissingMandatoryValue as error:
