@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -23,6 +24,7 @@ try:
 except ImportError:  # Windows: run folders are not locked
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger(__name__)
 LOSSES_FILE = "losses.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -172,13 +174,17 @@ class RunFolder:
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunFolderError(
                 f"{self.root} is in use by another run ({holder}): wait for it to end, or give "
                 "this run another folder (leave hydra.run.dir unset for a new one)"
             ) from None
+        except OSError as error:  # a file system without locks: run unguarded
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops another run using it", self.root, error)
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         _held_locks[key] = fd
