@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
@@ -75,7 +77,14 @@ def resumed_config(cfg: DictConfig, overrides: list[str], resume: str | None = N
         raise ResumeError(
             f"resume={resume}: no config.yaml there; give the folder of an earlier run"
         )
-    resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
+    try:
+        resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ResumeError(
+            f"resume={resume}: its config.yaml does not fit this version of stylelab ({detail}); "
+            "resume it with the version that started it, or start a new run"
+        ) from None
     refused: list[str] = []
     for key in _override_keys(overrides):
         new = OmegaConf.select(cfg, key, default=_ABSENT)

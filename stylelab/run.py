@@ -20,7 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, unlock_all
+from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock_all
 from stylelab.resume import prepare_run
 from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, run_synthesis
 from stylelab.signals import Interrupted
@@ -116,11 +116,11 @@ def main(cfg: DictConfig) -> float:
                 return math.inf
             raise
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:  # the stop signal repeated after the grace period: stopped at once
-        log.error(
-            "stopped at once, without waiting for a checkpoint of this step (see %s/summary.json)",
-            run_dir,
-        )
+    except KeyboardInterrupt:  # the stop signal repeated after the grace period, or came early
+        if (run_dir / SUMMARY_FILE).exists():
+            log.error("stopped at once, without a checkpoint of this step: see %s", run_dir)
+        else:
+            log.error("stopped before the synthesis started")
         if multirun:
             raise
         sys.exit(EXIT_INTERRUPTED)
