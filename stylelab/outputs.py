@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
+import pickle
 import shutil
+import socket
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,32 @@ import torch
 from PIL import Image
 
 from stylelab.engine.images import save_png, write_gif
+from stylelab.errors import StyleLabError
 
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 LOSSES_FILE = "losses.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
 FINAL_IMAGE = "final.png"
 GIF_FILE = "synthesis.gif"
+LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
+RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
+
+_held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
+
+
+class RunFolderError(StyleLabError):
+    """A run folder is in use by another run, or already holds one."""
+
+
+class CheckpointError(StyleLabError):
+    """checkpoint.pt cannot be read, or is not this run's."""
 
 
 def _json_value(value: Any) -> Any:
@@ -40,6 +64,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half file behind
+
+
+def was_interrupted(run_dir: Path) -> bool:
+    """The folder holds a checkpoint of a run that was interrupted (not finished or failed)."""
+    summary = run_dir / SUMMARY_FILE
+    if not (run_dir / CHECKPOINT_FILE).exists() or not summary.exists():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("status") == "interrupted"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def unlock_all() -> None:
+    """Release every run folder this process holds (a job of a multirun has ended)."""
+    for fd in _held_locks.values():
+        os.close(fd)
+    _held_locks.clear()
 
 
 class RunFolder:
@@ -125,7 +167,101 @@ class RunFolder:
             tmp.unlink(missing_ok=True)  # the previous checkpoint stays whole
         return self.checkpoint_path
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(self, mmap: bool = False) -> dict[str, Any] | None:
+        """The checkpoint's tensors and plain data (never code: weights_only), None if absent.
+
+        `mmap=True` reads only the structure now (a cheap check of a large checkpoint).
+        """
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(
+                self.checkpoint_path, map_location="cpu", weights_only=True, mmap=mmap
+            )
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(_unreadable(self.checkpoint_path, error)) from None
+        except (PermissionError, IsADirectoryError) as error:
+            raise CheckpointError(
+                f"cannot read {self.checkpoint_path}: {error.strerror or error}"
+            ) from None
+        except (EOFError, OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
+            detail = error.strerror if isinstance(error, OSError) else None  # mmap: truncated
+            raise CheckpointError(
+                f"{self.checkpoint_path} is empty, truncated or corrupt "
+                f"({detail or _first_line(error)}): restore it from a backup, or start a new run"
+            ) from None
+        if not isinstance(state, dict) or not isinstance(state.get("synthesis"), dict):
+            raise CheckpointError(
+                f"{self.checkpoint_path} is not a stylelab checkpoint (no synthesis state): "
+                "restore this run's checkpoint, or start a new run"
+            )
+        return state
+
+    def lock(self) -> None:
+        """Hold this folder for this process (until `unlock` or exit); fails if another holds it."""
+        key = self.root.resolve()
+        if key in _held_locks or fcntl is None:
+            return
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(
+                f"{self.root} is in use by another run ({holder}): wait for it to end, or give "
+                "this run another folder (leave hydra.run.dir unset for a new one)"
+            ) from None
+        except OSError as error:  # a file system without locks: run unguarded
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops another run using it", self.root, error)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        _held_locks[key] = fd
+
+    def unlock(self) -> None:
+        fd = _held_locks.pop(self.root.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def earlier_run(self) -> str | None:
+        """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
+        if not any((self.root / name).exists() for name in RUN_FILES):
+            return None
+        try:
+            status = json.loads((self.root / SUMMARY_FILE).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        return status if isinstance(status, str) else "unfinished"
+
+    def check_fresh(self) -> None:
+        """Refuse to start a new run where an earlier one left its files."""
+        earlier = self.earlier_run()
+        if earlier is None:
+            return
+        article = "an" if earlier[0] in "aeiou" else "a"
+        more = " steps=<more>" if earlier == "finished" else ""
+        resume = (
+            f"continue it with resume={self.root}{more}, or "
+            if self.checkpoint_path.exists()
+            else ""
+        )
+        raise RunFolderError(
+            f"{self.root} already holds {article} {earlier} run: {resume}start a new run in "
+            "another folder (leave hydra.run.dir unset for a new one)"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _unreadable(path: Path, error: pickle.UnpicklingError) -> str:
+    if "weights only load failed" in str(error).lower():
+        return (
+            f"{path} holds objects other than tensors and plain data: not loaded, as that could "
+            "run code; use a checkpoint stylelab wrote, or start a new run"
+        )
+    return f"{path} is corrupt ({_first_line(error)}): restore it from a backup, or start a new run"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import secrets
 import sys
 import traceback
 from pathlib import Path
@@ -20,10 +20,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CHECKPOINT_FILE, SUMMARY_FILE
+from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock_all
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
-from stylelab.runner import EXIT_FAILED, run_synthesis
+from stylelab.resume import prepare_run
+from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, run_synthesis
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
@@ -55,29 +56,22 @@ def sweep_group(cfg: DictConfig) -> str | None:
     return None
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """For `resume=<run folder>`: that run's config, with this command's other overrides on top."""
-    stored = Path(cfg.resume).expanduser() / "config.yaml"
-    if not stored.exists():
-        raise StyleLabError(
-            f"resume={cfg.resume}: no config.yaml there; give the folder of an earlier run"
-        )
-    resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored))
-    extra = [o for o in overrides if not o.startswith(("resume=", "hydra"))]
-    resumed.merge_with_dotlist([o for o in extra if "=" in o and not o.startswith(("+", "~"))])
-    resumed.resume = str(Path(cfg.resume).expanduser())
-    return resumed
+def holds_run(folder: str | None) -> bool:
+    """`folder` is an earlier run's folder (it has the run's config.yaml)."""
+    return bool(folder) and (Path(str(folder)).expanduser() / CONFIG_FILE).is_file()
 
 
-def was_interrupted(run_dir: Path) -> bool:
-    """The folder holds a checkpoint of a run that was interrupted (not finished or failed)."""
-    summary = run_dir / SUMMARY_FILE
-    if not (run_dir / CHECKPOINT_FILE).exists() or not summary.exists():
-        return False
-    try:
-        return json.loads(summary.read_text()).get("status") == "interrupted"
-    except json.JSONDecodeError:
-        return False
+# For conf/config.yaml, before Hydra composes: a short random id makes run folders unique
+# (cached, so a sweep's jobs share their sweep's), and `if_resuming` picks the run folder of
+# `resume=` for the log and Hydra's files of a resumed run.
+OmegaConf.register_new_resolver(
+    "stylelab.run_id", lambda: secrets.token_hex(3), use_cache=True, replace=True
+)
+OmegaConf.register_new_resolver(
+    "stylelab.if_resuming",
+    lambda resume, then, otherwise: then if holds_run(resume) else otherwise,
+    replace=True,
+)
 
 
 def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
@@ -96,20 +90,16 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     started = False  # run_synthesis writes the summary of a run it started
     try:
-        # A requeued job (SLURM preemption, time limit) finds its interrupted run and resumes it.
-        if not cfg.resume and was_interrupted(run_dir):
+        asked_to_resume = bool(cfg.resume)
+        cfg, run_dir = prepare_run(cfg, run_dir, overrides)
+        if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
             log.info("%s holds an interrupted run: resuming it", run_dir)
-            cfg.resume = str(run_dir)
-        if cfg.resume:
-            cfg = resumed_config(cfg, overrides)
-            run_dir = Path(cfg.resume)
         try:
             config: Config = OmegaConf.to_object(cfg)
         except MissingMandatoryValue as error:
             raise StyleLabError(describe_missing(error, cfg)) from None
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-        if not cfg.resume:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
         info = RunInfo(
@@ -133,6 +123,14 @@ def main(cfg: DictConfig) -> float:
                 return math.inf
             raise
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:  # the stop signal repeated after the grace period, or came early
+        if (run_dir / SUMMARY_FILE).exists():
+            log.error("stopped at once, without a checkpoint of this step: see %s", run_dir)
+        else:
+            log.error("stopped before the synthesis started")
+        if multirun:
+            raise
+        sys.exit(EXIT_INTERRUPTED)
     except (StyleLabError, OSError) as error:
         if cfg.get("debug"):
             traceback.print_exc()
@@ -140,10 +138,14 @@ def main(cfg: DictConfig) -> float:
             str(error) if isinstance(error, StyleLabError) else describe_os_error(error, run_dir)
         )
         log.error("%s", message)
-        record_failure(run_dir, message, overwrite=not started or isinstance(error, OSError))
+        # A refused resume leaves the earlier run's summary as it was.
+        fresh = not started and not cfg.get("resume")
+        record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
         if multirun:
             return math.inf
         sys.exit(EXIT_FAILED)
+    finally:
+        unlock_all()  # a multirun's next job may be started in this process
 
 
 def logger_options(config: Config) -> dict[str, Any]:

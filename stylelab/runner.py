@@ -82,6 +82,10 @@ def run_synthesis(
                 "error": str(error) or type(error).__name__,
                 "seconds": time.perf_counter() - started,
             }
+            if interrupted:  # a forced stop (KeyboardInterrupt: signal repeated) saves none
+                summary["checkpoint"] = (
+                    isinstance(error, Interrupted) or folder.checkpoint_path.exists()
+                )
             folder.write_summary(summary)
             tracker.finish(exit_code, summary)
             raise

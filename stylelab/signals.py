@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,27 +28,43 @@ STOP_SIGNALS = tuple(
 )
 
 
+GRACE_S = 2.0  # a repeat of the first signal within this time is a duplicate, not a second press
+_open_blocks: list[list[int]] = []  # the `received` lists of the open stop_on_signals blocks
+_first_at: list[float] = []  # when the first stop signal arrived (while any block is open)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks between steps (restored afterwards).
 
-    A second signal of a kind already received (Ctrl-C twice) stops at once; a different one
-    (SLURM's TERM after its USR2) does not interrupt the checkpoint under way.
+    The list yielded holds the first signal received. A repeat of that signal more than
+    `GRACE_S` after it (Ctrl-C pressed again) stops at once with KeyboardInterrupt; one sooner
+    (the same Ctrl-C forwarded by a wrapper or to the whole process group) and a different
+    signal (SLURM's TERM after its USR2) do not interrupt the checkpoint under way. Blocks nest
+    (a sweep around its jobs): a signal reaches every open block, and a block opened after a
+    signal starts with it (the job stops at its first step).
     """
-    received: list[int] = []
+    received: list[int] = list(_open_blocks[-1]) if _open_blocks else []
 
     def handler(signum, frame):
-        if signum in received:  # the same signal again: stop now
+        if not _first_at:
+            _first_at.append(time.monotonic())
+        elif received and signum == received[0] and time.monotonic() - _first_at[0] >= GRACE_S:
             raise KeyboardInterrupt
-        if not received:
-            received.append(signum)
+        for block in _open_blocks:
+            if not block:
+                block.append(signum)
 
     previous = {}
     for signum in STOP_SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[signum] = signal.signal(signum, handler)
+    _open_blocks.append(received)
     try:
         yield received
     finally:
+        _open_blocks.pop()
+        if not _open_blocks:
+            _first_at.clear()
         for signum, old in previous.items():
             signal.signal(signum, old)

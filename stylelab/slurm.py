@@ -18,7 +18,7 @@ def submitit_requeue(error: Interrupted) -> bool:
     submitit's handler for its preemption signal (USR2) is back in place once the loop has
     checkpointed; calling it resubmits this Hydra job (the launcher's `checkpoint()`), runs
     `scontrol requeue` and exits. The requeued job runs in the same job folder, where
-    `stylelab.run.was_interrupted` makes it resume. A job that is being cancelled (`scancel`:
+    `stylelab.outputs.was_interrupted` makes it resume. A job that is being cancelled (`scancel`:
     SIGTERM, then SIGKILL) is not requeued. Returns False outside such a job, True when it was
     not requeued (the reason logged).
     """

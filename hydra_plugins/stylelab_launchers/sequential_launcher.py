@@ -1,0 +1,80 @@
+"""A launcher that runs the jobs one after another in this process and stops on Ctrl-C/SIGTERM.
+
+Hydra's basic launcher starts every remaining job after one was interrupted. This one holds
+the stop signals for the whole sweep (`stylelab.signals.stop_on_signals`; a job's own block
+inside it gets the same signal): the running job checkpoints, no further job starts, the
+multirun-end callbacks run (`stylelab.callbacks.SweepSummary` lists what finished, what was
+interrupted with its `resume=` line and what never started, from `<sweep dir>/jobs.json`) and
+the command exits 128 + the signal (130 for Ctrl-C). `conf/config.yaml` makes it the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from omegaconf import open_dict
+
+from stylelab.callbacks import SweepJobs
+from stylelab.signals import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+
+class SequentialLauncher(BasicLauncher):
+    """Hydra's basic launcher, stopping the whole sweep at the first stop signal."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = SweepJobs(sweep_dir)
+        numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        jobs.plan(numbered)
+        log.info("Launching %d jobs locally", len(numbered))
+        runs: list[JobReturn] = []
+        with stop_on_signals() as received:
+            try:
+                for num, overrides in numbered:
+                    if received:
+                        break
+                    jobs.started(num)
+                    runs.append(self.run_one(num, overrides))
+            except KeyboardInterrupt:  # the signal repeated after the grace period
+                pass
+            if received:
+                self.stop(jobs, received[0])
+        return runs
+
+    def run_one(self, num: int, overrides: list[str]) -> JobReturn:
+        assert self.hydra_context is not None and self.config is not None
+        assert self.task_function is not None
+        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = sweep_config.hydra.job.num = num
+        try:
+            return run_job(
+                hydra_context=self.hydra_context,
+                task_function=self.task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        finally:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+    def stop(self, jobs: SweepJobs, signum: int) -> None:
+        """End the sweep now: record why, run the multirun-end callbacks, exit 128 + signal."""
+        assert self.hydra_context is not None and self.config is not None
+        jobs.stopped(signum)
+        self.hydra_context.callbacks.on_multirun_end(config=self.config)
+        sys.exit(128 + signum)  # reached only without stylelab's SweepSummary callback

@@ -1,0 +1,149 @@
+"""What `resume=<run folder>` may change, and the checks made before a run is continued.
+
+A resumed run must be the same synthesis: only the keys in `RESUMABLE` may differ from the
+run's `config.yaml` (more steps, another device, other logging); everything else (image and
+style size, optimiser and its settings, layers, loss weights, pair, model, seed, init,
+precision) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from stylelab.config import Config
+from stylelab.errors import StyleLabError
+from stylelab.outputs import CONFIG_FILE, CheckpointError, RunFolder, was_interrupted
+
+# Keys (or key prefixes ending in ".") a resume may change; every other key is fixed. `resume`
+# (the folder itself) comes last and is left out of messages.
+RESUMABLE = ("steps", "device", "debug", "cache_dir", "log.", "logger.", "resume")
+_ABSENT = object()
+
+
+class ResumeError(StyleLabError):
+    """`resume=` names no run, or asks to change what a run cannot change."""
+
+
+def resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+
+
+def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted key: value}; lists are single values."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def fixed_changes(old: Any, new: Any, prefix: str = "", shared_only: bool = False) -> list[str]:
+    """`key (old -> new)` for every key below `prefix` that differs and may not change.
+
+    `shared_only`: compare only keys both have (a key added to the schema since is no change).
+    """
+    before, after = leaves(old, prefix), leaves(new, prefix)
+    keys = before.keys() & after.keys() if shared_only else before.keys() | after.keys()
+    return [
+        f"{key} ({before.get(key)} -> {after.get(key)})"
+        for key in sorted(keys)
+        if before.get(key, _ABSENT) != after.get(key, _ABSENT) and not resumable(key)
+    ]
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _override_keys(overrides: list[str]) -> list[str]:
+    """The config keys this command sets (a group override such as `optim=adam` sets `optim`)."""
+    keys = [o.lstrip("+~").split("=")[0] for o in overrides]
+    return [k.replace("/", ".") for k in keys if k != "resume" and not k.startswith("hydra")]
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str], resume: str | None = None) -> DictConfig:
+    """The config stored in run folder `resume` (default `cfg.resume`) with this command's
+    overrides (`cfg`, composed from them) on top; refuses to change fixed keys."""
+    resume = resume or cfg.resume
+    folder = Path(resume).expanduser()
+    stored_path = folder / CONFIG_FILE
+    if not stored_path.is_file():
+        raise ResumeError(
+            f"resume={resume}: no config.yaml there; give the folder of an earlier run"
+        )
+    try:
+        resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ResumeError(
+            f"resume={resume}: its config.yaml does not fit this version of stylelab ({detail}); "
+            "resume it with the version that started it, or start a new run"
+        ) from None
+    refused: list[str] = []
+    for key in _override_keys(overrides):
+        new = OmegaConf.select(cfg, key, default=_ABSENT)
+        if new is _ABSENT:  # e.g. experiment=...: a preset, not one key
+            refused.append(f"{key} (a preset)")
+            continue
+        changes = fixed_changes(_plain(OmegaConf.select(resumed, key)), _plain(new), key)
+        refused += changes
+        if not changes:
+            OmegaConf.update(resumed, key, new, merge=False)
+    if refused:
+        raise ResumeError(
+            f"resume={resume}: a run cannot change {', '.join(refused)}; only "
+            f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE[:-1])} can: "
+            "start a new run to change the others"
+        )
+    resumed.resume = str(folder)
+    return resumed
+
+
+def check_checkpoint(folder: RunFolder, config: DictConfig) -> None:
+    """The folder's checkpoint is readable and was written by the run `config` describes."""
+    checkpoint = folder.load_checkpoint(mmap=True)
+    if checkpoint is None:
+        raise CheckpointError(
+            f"resume={folder.root}: no checkpoint.pt there (the run never stopped cleanly); "
+            "start a new run"
+        )
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{folder.checkpoint_path} does not record its run's config: it cannot be checked "
+            "against config.yaml; start a new run"
+        )
+    differences = fixed_changes(saved, _plain(config), shared_only=True)
+    if differences:
+        raise CheckpointError(
+            f"{folder.checkpoint_path} belongs to another run (it differs from config.yaml in "
+            f"{', '.join(differences)}): put back this run's checkpoint, or start a new run"
+        )
+
+
+def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """Hold the run's folder and settle what the run continues: (config, folder). Writes nothing.
+
+    A new run needs a folder no other run holds or has used; a folder with an interrupted run
+    (a requeued job) or `resume=` continues that run, changing only what `RESUMABLE` allows.
+    Called before Hydra writes a single run's files (`stylelab.callbacks.RunFolderGuard`) and
+    again by the job.
+    """
+    resume = cfg.get("resume") or (str(run_dir) if was_interrupted(run_dir) else None)
+    if not resume:
+        folder = RunFolder(run_dir)
+        folder.lock()
+        folder.check_fresh()
+        return cfg, folder.root
+    cfg = resumed_config(cfg, overrides, resume)  # first: a wrong resume= creates no folder
+    RunFolder(run_dir).lock()  # a multirun job's own folder, else the same as the run's
+    folder = RunFolder(cfg.resume)
+    folder.lock()
+    check_checkpoint(folder, cfg)
+    return cfg, folder.root
