@@ -312,7 +312,8 @@ def test_save_checkpoint_turns_torchs_full_disk_error_into_enospc(
     from stylelab import outputs
 
     folder = outputs.RunFolder(tmp_path)
-    folder.save_checkpoint({"step": 1})
+    earlier = {"synthesis": {"step": 1}}
+    folder.save_checkpoint(earlier)
 
     def full_disk(state, file) -> None:
         file.write(b"half")
@@ -321,9 +322,9 @@ def test_save_checkpoint_turns_torchs_full_disk_error_into_enospc(
     monkeypatch.setattr(outputs.torch, "save", full_disk)
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda _: type("U", (), {"free": 0})())
     with pytest.raises(OSError) as raised:
-        folder.save_checkpoint({"step": 2})
+        folder.save_checkpoint({"synthesis": {"step": 2}})
     assert raised.value.errno == errno.ENOSPC
-    assert folder.load_checkpoint() == {"step": 1}
+    assert folder.load_checkpoint() == earlier
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -434,7 +435,6 @@ def test_path_with_spaces_and_accents_gets_a_quoting_hint(tmp_path: Path) -> Non
 
 def test_slurm_without_gpus_says_to_set_gpus_per_node_zero(monkeypatch) -> None:
     from hydra.errors import CompactHydraException
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
     from submitit.core.utils import FailedJobError
 
     from hydra_plugins.stylelab_launchers.submitit_launchers import SlurmLauncher
@@ -445,7 +445,9 @@ def test_slurm_without_gpus_says_to_set_gpus_per_node_zero(monkeypatch) -> None:
             "subprocess.CalledProcessError: Command '['sbatch', '/tmp/x.sh']' returned 1."
         )
 
-    monkeypatch.setattr(plugin.BaseSubmititLauncher, "launch", refused)
+    # the class SlurmLauncher really inherits from (Hydra's plugin scan may import its own copy)
+    base = next(c for c in SlurmLauncher.__mro__ if c.__name__ == "BaseSubmititLauncher")
+    monkeypatch.setattr(base, "launch", refused)
     launcher = SlurmLauncher(gpus_per_node=1, setup=None)
     with pytest.raises(CompactHydraException) as raised:
         launcher.launch([["seed=0"]], 0)

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from stylelab import runner, signals
+from stylelab.engine.synthesis import Synthesizer
 from stylelab.outputs import RunFolder
 from stylelab.tracking import NullTracker, RunInfo
 from tests.conftest import FAST, run_cli
@@ -240,7 +241,7 @@ def test_a_pickled_payload_in_the_checkpoint_does_not_run(tmp_path: Path) -> Non
 def test_checkpoints_load_with_weights_only(tmp_path: Path, optimizer: str) -> None:
     cfg = tiny_config(steps=4)
     cfg.optim.name, cfg.log.checkpoint_every = optimizer, 2
-    real_finish = runner.Synthesizer.step
+    real_finish = Synthesizer.step
 
     def keep_mid_run_checkpoint(self):
         terms = real_finish(self)
@@ -249,7 +250,7 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path, optimizer: str) -> N
         return terms
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner.Synthesizer, "step", keep_mid_run_checkpoint)
+        patch.setattr(Synthesizer, "step", keep_mid_run_checkpoint)
         runner.run_synthesis(cfg, tmp_path, NullTracker(), RunInfo({}, tmp_path, "w"))
     state = torch.load(tmp_path / "mid.pt", weights_only=True)
     assert state["synthesis"]["optimizer"] and state["config"]["optim"]["name"] == optimizer
@@ -319,7 +320,7 @@ def test_a_repeat_within_the_grace_period_is_ignored_and_after_it_stops_at_once(
 
 def test_a_forced_stop_says_there_is_no_checkpoint(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(signals, "GRACE_S", 0.05, raising=False)
-    real_step, real_save = runner.Synthesizer.step, RunFolder.save_checkpoint
+    real_step, real_save = Synthesizer.step, RunFolder.save_checkpoint
 
     def step(self):
         terms = real_step(self)
@@ -333,7 +334,7 @@ def test_a_forced_stop_says_there_is_no_checkpoint(tmp_path: Path, monkeypatch) 
         time.sleep(0.5)
         return real_save(self, state)
 
-    monkeypatch.setattr(runner.Synthesizer, "step", step)
+    monkeypatch.setattr(Synthesizer, "step", step)
     monkeypatch.setattr(RunFolder, "save_checkpoint", slow_save)
     with pytest.raises(KeyboardInterrupt):
         runner.run_synthesis(tiny_config(), tmp_path, NullTracker(), RunInfo({}, tmp_path, "f"))

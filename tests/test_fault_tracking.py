@@ -170,7 +170,8 @@ def test_bad_logger_options_are_one_line(options: dict, message: str) -> None:
 def test_a_bad_project_name_fails_the_cli_in_one_line(tmp_path: Path) -> None:
     result = run_cli("model.weights=random", "image_size=32", "logger.project=a/b?c", cwd=tmp_path)
     assert result.returncode == 1
-    assert "logger.project='a/b?c'" in result.stderr and "Traceback" not in result.stderr
+    assert "logger.project=" in result.stderr and "a/b?c" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture

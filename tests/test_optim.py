@@ -355,11 +355,12 @@ def test_cuda_graph_resume_recaptures() -> None:
      "optim=lbfgs only")],
 )  # fmt: skip
 def test_config_rejects_unknown_or_misplaced_line_search(optim: dict, message: str) -> None:
-    from stylelab.config import Config, OptimConfig, validate
+    from stylelab.config import Config, LayersConfig, OptimConfig, validate
     from stylelab.errors import StyleLabError
 
-    validate(Config(optim=OptimConfig(line_search="armijo")))
+    layers = LayersConfig(name="t", style=[0], content=[7])
+    validate(Config(layers=layers, optim=OptimConfig(line_search="armijo")))
     with pytest.raises(StyleLabError, match=message):
-        validate(Config(optim=OptimConfig(**optim)))
+        validate(Config(layers=layers, optim=OptimConfig(**optim)))
     with pytest.raises(ValueError, match="L-BFGS only"):
         make_optimizer("adam", torch.zeros(3), lr=0.1, line_search="armijo")
