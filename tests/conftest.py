@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,16 @@ def only_run_dir(root: Path) -> Path:
     dirs = [p.parent for p in root.glob("outputs/*/*/config.yaml")]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine extra threads made
+    such tests up to 6x slower; restored afterwards (`pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -25,12 +23,7 @@ from stylelab.errors import ImageError
 STYLE_LAYERS = [LAYER_INDEX[name] for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def features(c: int = 8, h: int = 5, w: int = 7, seed: int = 0, n: int = 1) -> torch.Tensor:

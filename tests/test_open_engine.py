@@ -4,7 +4,6 @@ stage, the averaged iterate and Adam's moments across stages."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,7 @@ from tests.conftest import run_cli
 STYLE, CONTENT = [0, 5], [7]  # conv1_1, conv2_1; conv2_2: shallow, for speed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

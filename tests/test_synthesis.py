@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,14 +17,7 @@ APPROACH1 = ([0, 5, 10, 19, 28], [25])  # (style, content): the write-up's appro
 SHALLOW = ([0, 5, 10], [12])  # conv1_1..conv3_1 and conv3_2: ~4x cheaper, for the other tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """32 px images gain nothing from threads, and on a busy 2-core machine extra threads
-    made these tests up to 6x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
