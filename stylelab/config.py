@@ -21,12 +21,11 @@ from stylelab.engine.losses import TV_KINDS
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
+from stylelab.tracking.wandb_tracker import MODES, PROJECT_BAD_CHARS, PROJECT_MAX_LEN
 
 MAX_IMAGE_SIZE = 16384  # VGG-19 at this size needs ~400 GiB; larger is always a typo
 LOGGER_NAMES = ("wandb", "none")
-LOGGER_MODES = ("auto", "online", "offline", "disabled")
-WANDB_PROJECT_FORBIDDEN = "/\\#?%:"  # what wandb.init refuses in a project name
-WANDB_PROJECT_MAX, WANDB_TAG_MAX = 128, 64
+WANDB_TAG_MAX = 64
 
 
 @dataclass
@@ -213,16 +212,16 @@ def _logger_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     if logger.name != "wandb":
         return
     yield (
-        logger.mode in LOGGER_MODES,
-        f"logger.mode={logger.mode}: use one of {', '.join(LOGGER_MODES)}",
+        logger.mode in MODES,
+        f"logger.mode={logger.mode}: use one of {', '.join(MODES)}",
     )
     project = logger.project or ""
-    bad = sorted({char for char in project if char in WANDB_PROJECT_FORBIDDEN})
+    bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})
     yield (
-        0 < len(project) <= WANDB_PROJECT_MAX and not bad,
+        0 < len(project) <= PROJECT_MAX_LEN and not bad,
         f"logger.project={project[:40]}{'...' if len(project) > 40 else ''}: W&B needs 1 to "
-        f"{WANDB_PROJECT_MAX} characters (this has {len(project)}) and none of "
-        f"{' '.join(WANDB_PROJECT_FORBIDDEN)}" + (f" (found {' '.join(bad)})" if bad else ""),
+        f"{PROJECT_MAX_LEN} characters (this has {len(project)}) and none of "
+        f"{' '.join(PROJECT_BAD_CHARS)}" + (f" (found {' '.join(bad)})" if bad else ""),
     )
     for tag in (cfg.pair.name, cfg.layers.name, cfg.optim.name, *logger.tags):
         yield (
