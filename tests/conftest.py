@@ -34,18 +34,31 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process."""
     command = [sys.executable, "-m", "stylelab.run", *(["-m"] if multirun else []), *overrides]
-    full_env = {
+    return subprocess.run(
+        command, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m stylelab.run args...` in `cwd`, still running (stdout and stderr piped)."""
+    command = [sys.executable, "-m", "stylelab.run", *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment CLI runs get: W&B offline and silent, no API key, unbuffered output."""
+    env = {
         **os.environ,
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "PYTHONUNBUFFERED": "1",
         "HYDRA_FULL_ERROR": "0",
-        **(env or {}),
+        **(extra or {}),
     }
-    full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run(
-        command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    env.pop("WANDB_API_KEY", None)
+    return env
 
 
 def only_run_dir(root: Path) -> Path:

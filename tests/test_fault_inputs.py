@@ -17,7 +17,6 @@ import random
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from stylelab.config import Config, LayersConfig, PairConfig, validate
 from stylelab.engine.images import open_image, resize_long_side
 from stylelab.errors import ImageError, StyleLabError
 from stylelab.preflight import unreadable_override
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 SUMMARY = "summary.json"
@@ -135,18 +134,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-
-
-def start_cli(*overrides: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "stylelab.run", *overrides],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def no_tmp_files(root: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from stylelab import runner, signals
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.outputs import RunFolder
 from stylelab.tracking import NullTracker, RunInfo
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, run_cli, start_cli
 from tests.test_robustness import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -46,19 +45,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def popen_cli(cwd: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "stylelab.run", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def wait_for_rows(process: subprocess.Popen, pattern: str, cwd: Path, rows: int = 3) -> Path:
     """The folder of the first `losses.jsonl` matching `pattern` once it has `rows` rows."""
     deadline = time.monotonic() + 120
@@ -82,7 +68,7 @@ def loss_steps(run_dir: Path) -> list[int]:
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path: Path) -> None:
-    runs = [popen_cli(tmp_path, *FAST, "steps=3", f"style_weight={w}") for w in (1e3, 1e6)]
+    runs = [start_cli(*FAST, "steps=3", f"style_weight={w}", cwd=tmp_path) for w in (1e3, 1e6)]
     for process in runs:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
@@ -98,7 +84,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path) -> None:
 
 def test_a_folder_in_use_by_a_live_run_is_refused_and_left_alone(tmp_path: Path) -> None:
     run_dir = tmp_path / "shared"
-    first = popen_cli(tmp_path, *LONG, f"hydra.run.dir={run_dir}")
+    first = start_cli(*LONG, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     wait_for_rows(first, "shared/losses.jsonl", tmp_path)
     try:
         before = snapshot(run_dir / ".hydra") | {"config.yaml": snapshot(run_dir)["config.yaml"]}
@@ -263,7 +249,7 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path, optimizer: str) -> N
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_whole_multirun_and_lists_every_job(tmp_path: Path, signum) -> None:
     sweep = [*LONG[:-3], "log.flush_every=1", "steps=2,100000", "style_weight=1e3,1e6"]
-    process = popen_cli(tmp_path, "-m", *sweep, "hydra.sweep.dir=multirun/s")
+    process = start_cli("-m", *sweep, "hydra.sweep.dir=multirun/s", cwd=tmp_path)
     job = wait_for_rows(process, "multirun/s/2/losses.jsonl", tmp_path)
     process.send_signal(signum)
     sent = time.monotonic()
@@ -290,7 +276,7 @@ def test_a_signal_stops_the_whole_multirun_and_lists_every_job(tmp_path: Path, s
 
 
 def test_a_duplicate_sigint_still_checkpoints(tmp_path: Path) -> None:
-    process = popen_cli(tmp_path, *LONG)
+    process = start_cli(*LONG, cwd=tmp_path)
     run_dir = wait_for_rows(process, "outputs/*/*/losses.jsonl", tmp_path)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)  # e.g. `timeout` and the process group both forward it
