@@ -272,6 +272,38 @@ def test_armijo_restarts_after_max_backtracks() -> None:
     assert losses[-1] < losses[0]
 
 
+def boxed_quadratic(x: torch.Tensor) -> torch.Tensor:
+    """Ill-conditioned quadratic whose unconstrained minimiser lies outside [0, 1] in half the
+    coordinates: the box-constrained minimiser sits on the bounds there."""
+    scales = torch.logspace(0, 2, x.numel(), dtype=x.dtype)
+    centre = torch.linspace(-0.5, 1.5, x.numel(), dtype=x.dtype)
+    return 0.5 * (scales * (x - centre) ** 2).sum()
+
+
+def test_armijo_with_bounds_converges_to_the_minimiser_on_the_boundary() -> None:
+    """Projected search: iterates stay in the box, accepted losses never rise, and the
+    minimiser (the centre clamped to [0, 1]) is reached."""
+    x0 = torch.full((40,), 0.5, dtype=torch.float64)
+    minimum = boxed_quadratic(torch.linspace(-0.5, 1.5, 40, dtype=torch.float64).clamp(0, 1))
+    x = x0.clone()
+    optimizer = LBFGS(x, history_size=10, line_search="armijo", bounds=(0.0, 1.0))
+    losses, accepted = search_path(boxed_quadratic, x, optimizer, 60)
+    kept = [value for value, ok in zip(losses, accepted, strict=True) if ok]
+    assert all(b <= a for a, b in itertools.pairwise(kept))
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert min(losses) - float(minimum) < 1e-8
+
+
+def test_armijo_grows_the_step_where_the_loss_curves_down() -> None:
+    """Negative curvature (no curvature pair is ever stored): the trial step doubles instead
+    of staying at lr, so a flat, concave loss reaches the bound in a few evaluations."""
+    x = torch.full((8,), 0.5, dtype=torch.float64)
+    optimizer = LBFGS(x, history_size=5, line_search="armijo", bounds=(0.0, 1.0))
+    search_path(lambda v: -1e-3 * ((v - 0.4) ** 2).sum(), x, optimizer, 40)
+    assert int(optimizer.stored) == 0
+    assert torch.equal(optimizer.iterate, torch.ones(8, dtype=torch.float64))
+
+
 def tiny_synthesizer(
     device: str, optimizer: str, precision: str, cuda_graph: bool | None, line_search: str = "none"
 ):

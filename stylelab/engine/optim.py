@@ -17,6 +17,19 @@ interpolation) and the parameter goes back to x_b + t'·d. After `max_backtracks
 in a row the history is switched off and the search restarts along -g from the base. Both
 outcomes are computed every step and selected with masks, so a step stays graph-capturable and
 costs one pass of the history more than a fixed step only in a few vector selects.
+
+With `bounds=(lo, hi)` (the Synthesizer passes (0, 1): pixels) the search is projected, as in
+L-BFGS-B's active set: at the base, a coordinate at a bound whose gradient points outwards is
+held fixed (its gradient is left out of the quasi-Newton product and its direction is 0), the
+trial is projected onto the box, and the Armijo test and the stored pair s use the displacement
+actually taken. So the direction is a descent direction for the free coordinates and is not
+spent pushing pixels against the clamp (which made unprojected trials fail, issue 15).
+
+A new direction's first trial is lr, but at most twice the step just accepted (and, with
+bounds, moving no coordinate further than the box is wide); where the loss curves down
+(s.y <= eps, no pair stored) it may grow past lr. Without that, backtracking alone can only
+shrink: on random-weight style losses the first pairs have negative curvature and the search
+was plain gradient descent at step lr (loss falling 0.5% per evaluation, issue 15).
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ class LBFGS:
         line_search: str = "none",
         c1: float = 1e-4,
         max_backtracks: int = 10,
+        bounds: tuple[float, float] | None = None,
     ):
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
@@ -92,6 +106,7 @@ class LBFGS:
         self._eye = torch.eye(m, device=device, dtype=self.dtype)
         self._out_dtype = dtype != self.dtype and _supports_out_dtype(device)
         self.line_search, self.c1, self.max_backtracks = line_search, c1, max_backtracks
+        self.bounds = bounds  # line search only: the box the trials are projected onto
         self._keys = _STATE_KEYS + (_SEARCH_KEYS if line_search != "none" else ())
         self.direction = torch.zeros(n, device=device, dtype=self.dtype)  # d of the trial
         self.base_loss = torch.zeros((), device=device, dtype=self.dtype)  # f(x_b)
@@ -108,14 +123,18 @@ class LBFGS:
         return self.prev_flat.view(self.param.shape)
 
     def _remember(
-        self, flat: torch.Tensor, grad: torch.Tensor, accept: torch.Tensor | None = None
+        self,
+        flat: torch.Tensor,
+        grad: torch.Tensor,
+        accept: torch.Tensor | None = None,
+        project: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Store the newest pair (s, y) if s.y > eps (and this is not the first step).
 
         With `accept` (line search), only when the point evaluated was accepted.
 
-        Returns history @ grad (the projections the direction needs), from the same pass over
-        the history that updates the s.y and y.y tables.
+        Returns history @ project (default: grad; the projections the direction needs), from
+        the same pass over the history that updates the s.y and y.y tables.
         """
         m = self.history_size
         s, y = flat - self.prev_flat, grad - self.prev_grad
@@ -127,7 +146,8 @@ class LBFGS:
         rows = torch.stack([slot, slot + m])
         new = torch.where(valid, torch.stack([s.to(low), y.to(low)]), self.history[rows])
         self.history.index_copy_(0, rows, new)
-        p = self._matmul(self.history, torch.stack([v.to(low) for v in (grad, s, y)], dim=1))
+        g = grad if project is None else project
+        p = self._matmul(self.history, torch.stack([v.to(low) for v in (g, s, y)], dim=1))
         hit = (self._slots == slot) & valid  # one-hot mask of the slot written
         sy = torch.where(hit[:, None], p[m:, 1][None, :], self.sy)  # row: s_new . y_b
         self.sy.copy_(torch.where(hit[None, :], p[:m, 2][:, None], sy))  # column: s_a . y_new
@@ -136,6 +156,7 @@ class LBFGS:
         self.rho.copy_(torch.where(hit, 1.0 / ys.clamp_min(self.eps), self.rho))
         self.gamma.copy_(torch.where(valid, ys / (yy_new + 1e-30), self.gamma))
         self.stored.add_(valid.long())
+        self._paired = valid  # read by the same step's line search (derived, not state)
         return p[:, 0]
 
     def _direction(self, grad: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
@@ -206,13 +227,39 @@ class LBFGS:
         fraction = torch.where(torch.isfinite(fraction) & (curvature > 0), fraction, 0.5)
         return self.trial_step * fraction.clamp(0.1, 0.5)
 
+    def _free(self, flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """1 where a coordinate may move, 0 where it sits at a bound and -grad points out."""
+        if self.bounds is None:
+            return torch.ones_like(flat)
+        lo, hi = self.bounds
+        held = ((flat <= lo) & (grad > 0)) | ((flat >= hi) & (grad < 0))
+        return (~held).to(self.dtype)
+
+    def _project(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat if self.bounds is None else flat.clamp(*self.bounds)
+
+    def _full_step(self, direction: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        """First trial along a new direction: twice as long as the step just accepted, at most
+        `lr` unless the step's curvature pair was rejected (s.y <= eps: the loss curved down,
+        the quasi-Newton scale says nothing and lr would be plain gradient descent at step
+        lr), and (with bounds) moving no coordinate further than the box is wide. The projected
+        direction is often badly scaled (|d| ~ 1e4 on pixels in [0, 1]); starting every search
+        at lr then costs several rejected trials per step."""
+        grow = 2 * taken / direction.norm().clamp_min(1e-30)
+        full = torch.where(self._paired, grow.clamp(max=self.lr), grow)
+        if self.bounds is None:
+            return full
+        width = self.bounds[1] - self.bounds[0]
+        return torch.minimum(full, width / direction.abs().amax().clamp_min(1e-30))
+
     def _search_step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
         accept, slope = self._armijo(flat, loss)
         first = self.steps == 0
-        projections = self._remember(flat, grad, accept)
-        new_direction = self._direction(grad, projections)
+        free = self._free(flat, grad)
+        projections = self._remember(flat, grad, accept, project=grad * free)
+        new_direction = self._direction(grad * free, projections) * free
         descent = torch.dot(grad, new_direction) < 0  # else (rounding, bf16 history): -gamma g
-        new_direction = torch.where(descent, new_direction, -self.gamma * grad)
+        new_direction = torch.where(descent, new_direction, -self.gamma * grad * free)
         rejections = torch.where(accept, 0, self.rejections + 1)
         restart = rejections >= self.max_backtracks  # give up on this direction: -g, no history
         self.rho.mul_((~restart).to(self.dtype))
@@ -222,12 +269,15 @@ class LBFGS:
         self.prev_grad.copy_(torch.where(accept, grad, self.prev_grad))
         self.base_loss.copy_(torch.where(accept, loss, self.base_loss))
         fresh = self._first_step(self.prev_grad)
-        kept = torch.where(restart, -self.prev_grad, self.direction)
+        steepest = -self.prev_grad * self._free(self.prev_flat, self.prev_grad)
+        kept = torch.where(restart, steepest, self.direction)
+        taken = self.trial_step * self.direction.norm()  # length of the step just tried
         self.direction.copy_(torch.where(accept, new_direction, kept))
-        trial = torch.where(accept, torch.where(first, fresh, self.lr), shrunk)
+        full = self._full_step(new_direction, taken)
+        trial = torch.where(accept, torch.where(first, fresh, full), shrunk)
         self.trial_step.copy_(torch.where(restart, fresh, trial))
         self.accepted.copy_(accept)
-        flat.copy_(self.prev_flat + self.trial_step * self.direction)
+        flat.copy_(self._project(self.prev_flat + self.trial_step * self.direction))
         self.steps.add_(1)
 
     def state_dict(self) -> dict[str, Any]:
@@ -292,13 +342,14 @@ def make_optimizer(
     history_dtype: str = "fp32",
     capturable: bool = False,
     line_search: str = "none",
+    bounds: tuple[float, float] | None = None,
 ) -> LBFGS | Adam:
     """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs;
-    `line_search`: none or armijo, L-BFGS only)."""
+    `line_search`: none or armijo, L-BFGS only; `bounds`: the box its trials stay in)."""
     if name == "lbfgs":
         return LBFGS(
             param, lr=lr, history_size=history_size, history_dtype=history_dtype,
-            line_search=line_search,
+            line_search=line_search, bounds=bounds,
         )  # fmt: skip
     if line_search != "none":
         raise ValueError(f"line_search={line_search} is for L-BFGS only (optimizer '{name}')")

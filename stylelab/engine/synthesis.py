@@ -149,6 +149,7 @@ class Synthesizer:
         self.optimizer = make_optimizer(
             optimizer, self.image, lr=lr, history_size=history_size,
             history_dtype=history_dtype, capturable=use_graph, line_search=line_search,
+            bounds=(0.0, 1.0),
         )  # fmt: skip
         if previous is not None and isinstance(previous.optimizer, Adam):
             carry_adam_moments(previous.optimizer, self.optimizer)
