@@ -49,8 +49,8 @@ PAIRS = ("astronaut_hubble", "chelsea_immuno", "coffee_hubble", "rocket_immuno")
 LAYER_SETS = ("approach1", "approach2")
 BASE_OVERRIDES = ["tv_weight=0", "content_weight=1", "style_weight=1e6", "init=content"]
 VARIANTS: dict[str, list[str]] = {
-    "lbfgs": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=none"],  # as today
-    "lbfgs_armijo": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=armijo"],
+    "lbfgs": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=none"],  # until issue 15
+    "lbfgs_armijo": ["optim.name=lbfgs", "optim.lr=1.0", "optim.line_search=armijo"],  # default
     # The averaged image does not change Adam's trajectory: this one run gives Adam's iterate
     # (the trace) and, at the end, the total at its averaged image (`ema_final_total`).
     "adam": ["optim.name=adam", "optim.lr=0.02", "optim.ema=0.9"],

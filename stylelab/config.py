@@ -18,6 +18,7 @@ from stylelab.engine.color import COLOR_MODES, HISTOGRAM_METHODS
 from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
+from stylelab.engine.optim import LINE_SEARCHES
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
@@ -62,7 +63,9 @@ class OptimConfig:
     ema: float = 0.0  # averaged iterate shown and returned: 0 off, else its decay (0.9)
     tolerance: float = 0.0  # 0: off; else stop once the best total falls by less than this ...
     window: int = 50  # ... (relative) over the last `window` evaluations (last stage only)
-    line_search: str = "none"  # none | armijo (L-BFGS only; each step is still one evaluation)
+    # auto (armijo for L-BFGS, none for Adam) | none (fixed step, as the PyTorch tutorial) |
+    # armijo (L-BFGS only: backtracking, each step is still one evaluation)
+    line_search: str = "auto"
 
 
 @dataclass
@@ -136,7 +139,7 @@ class Config:
     # gram (Gatys) | w2 (Gaussian Wasserstein-2; needs another style_weight: experiment=w2_offline)
     style_loss: str = "gram"
     tv_loss: str = "l1"  # l1 (mean |difference|, as d2l) | l2 (squared, smooth, as jcjohnson)
-    keep: str = "last"  # the result: last iterate | best (lowest total) iterate
+    keep: str = "best"  # the result: best (lowest total) iterate | last iterate
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
@@ -291,11 +294,11 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
         (0 <= cfg.optim.ema < 1, f"optim.ema={cfg.optim.ema}: use 0 (off) or a decay in (0, 1)"),
         (cfg.optim.tolerance >= 0, f"optim.tolerance={cfg.optim.tolerance}: must be >= 0"),
         (
-            cfg.optim.line_search in ("none", "armijo"),
-            f"optim.line_search={cfg.optim.line_search}: use none or armijo",
+            cfg.optim.line_search in LINE_SEARCHES,
+            f"optim.line_search={cfg.optim.line_search}: use auto, none or armijo",
         ),
         (
-            cfg.optim.line_search == "none" or cfg.optim.name == "lbfgs",
+            cfg.optim.line_search in ("auto", "none") or cfg.optim.name == "lbfgs",
             f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
         ),
         (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),

@@ -383,8 +383,8 @@ def test_cuda_graph_resume_recaptures() -> None:
 
 @pytest.mark.parametrize(
     ("optim", "message"),
-    [({"line_search": "wolfe"}, "use none or armijo"), ({"name": "adam", "line_search": "armijo"},
-     "optim=lbfgs only")],
+    [({"line_search": "wolfe"}, "use auto, none or armijo"),
+     ({"name": "adam", "line_search": "armijo"}, "optim=lbfgs only")],
 )  # fmt: skip
 def test_config_rejects_unknown_or_misplaced_line_search(optim: dict, message: str) -> None:
     from stylelab.config import Config, LayersConfig, OptimConfig, validate
@@ -392,6 +392,10 @@ def test_config_rejects_unknown_or_misplaced_line_search(optim: dict, message: s
 
     layers = LayersConfig(name="t", style=[0], content=[7])
     validate(Config(layers=layers, optim=OptimConfig(line_search="armijo")))
+    validate(Config(layers=layers, optim=OptimConfig(name="adam")))  # auto: none for Adam
+    assert make_optimizer("lbfgs", torch.zeros(3), lr=1.0, line_search="auto").line_search == (
+        "armijo"
+    )
     with pytest.raises(StyleLabError, match=message):
         validate(Config(layers=layers, optim=OptimConfig(**optim)))
     with pytest.raises(ValueError, match="L-BFGS only"):

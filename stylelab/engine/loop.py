@@ -47,8 +47,8 @@ class OptimSettings:
     history_size: int = 100
     precision: str = "fp32"
     ema: float = 0.0
-    keep: str = "last"  # last | best: which iterate a stage hands on and the run returns
-    line_search: str = "none"  # L-BFGS: none | armijo
+    keep: str = "best"  # best | last: which iterate a stage hands on and the run returns
+    line_search: str = "auto"  # auto (L-BFGS: armijo, Adam: none) | none | armijo
     cuda_graph: bool | None = None
     history_dtype: str = "auto"
 

@@ -41,7 +41,7 @@ import torch
 HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _STATE_KEYS = ("history", "sy", "yy", "rho", "gamma", "prev_flat", "prev_grad", "steps", "stored")
 _SEARCH_KEYS = ("direction", "base_loss", "trial_step", "rejections", "accepted")
-LINE_SEARCHES = ("none", "armijo")
+LINE_SEARCHES = ("auto", "none", "armijo")  # auto: armijo for L-BFGS, none for Adam
 
 
 def _matmul(
@@ -86,9 +86,10 @@ class LBFGS:
         if history_dtype not in HISTORY_DTYPES:
             raise ValueError(f"unknown history_dtype '{history_dtype}': use fp32 or bf16")
         if line_search not in LINE_SEARCHES:
-            raise ValueError(f"unknown line_search '{line_search}': use none or armijo")
+            raise ValueError(f"unknown line_search '{line_search}': use auto, none or armijo")
         if max_backtracks < 1:
             raise ValueError("max_backtracks must be at least 1")
+        line_search = "armijo" if line_search == "auto" else line_search
         self.param, self.lr, self.history_size, self.eps = param, lr, history_size, eps
         n, m, device = param.numel(), history_size, param.device
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -345,7 +346,10 @@ def make_optimizer(
     bounds: tuple[float, float] | None = None,
 ) -> LBFGS | Adam:
     """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs;
-    `line_search`: none or armijo, L-BFGS only; `bounds`: the box its trials stay in)."""
+    `line_search`: auto, none or armijo (L-BFGS only; auto: armijo for L-BFGS, none for Adam);
+    `bounds`: the box L-BFGS's trials stay in)."""
+    if line_search == "auto":
+        line_search = "armijo" if name == "lbfgs" else "none"
     if name == "lbfgs":
         return LBFGS(
             param, lr=lr, history_size=history_size, history_dtype=history_dtype,
