@@ -214,9 +214,10 @@ def test_armijo_converges_as_fast_as_torch_strong_wolfe(function, x0, threshold)
 
 
 def test_armijo_step_reads_nothing_back_from_the_device(monkeypatch) -> None:
-    """No item/bool/float inside step(): no host decisions, so a step can be graph-captured."""
-    x = start(seed=4)
-    optimizer = LBFGS(x, lr=20.0, history_size=4, line_search="armijo")
+    """No item/bool/float inside step(): no host decisions, so a step can be graph-captured
+    (with bounds: the projected search, as the Synthesizer runs it)."""
+    x = start(seed=4).clamp(-1, 1)
+    optimizer = LBFGS(x, lr=20.0, history_size=4, line_search="armijo", bounds=(-1.0, 1.0))
     for _ in range(12):
         value, grad = loss_and_gradient(objective, x)
         with monkeypatch.context() as patch:
