@@ -18,7 +18,7 @@ from stylelab.engine.color import COLOR_MODES, HISTOGRAM_METHODS
 from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
-from stylelab.engine.optim import LINE_SEARCHES
+from stylelab.engine.optim import LINE_SEARCHES, resolve_line_search
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
@@ -298,7 +298,8 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
             f"optim.line_search={cfg.optim.line_search}: use auto, none or armijo",
         ),
         (
-            cfg.optim.line_search in ("auto", "none") or cfg.optim.name == "lbfgs",
+            resolve_line_search(cfg.optim.name, cfg.optim.line_search) == "none"
+            or cfg.optim.name == "lbfgs",
             f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
         ),
         (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),

@@ -44,6 +44,13 @@ _SEARCH_KEYS = ("direction", "base_loss", "trial_step", "rejections", "accepted"
 LINE_SEARCHES = ("auto", "none", "armijo")  # auto: armijo for L-BFGS, none for Adam
 
 
+def resolve_line_search(optimizer: str, line_search: str) -> str:
+    """`line_search="auto"` made concrete: armijo for L-BFGS, none for any other optimiser."""
+    if line_search != "auto":
+        return line_search
+    return "armijo" if optimizer == "lbfgs" else "none"
+
+
 def _matmul(
     a: torch.Tensor, b: torch.Tensor, low: torch.dtype, dtype: torch.dtype, out_dtype_ok: bool
 ) -> torch.Tensor:
@@ -89,7 +96,7 @@ class LBFGS:
             raise ValueError(f"unknown line_search '{line_search}': use auto, none or armijo")
         if max_backtracks < 1:
             raise ValueError("max_backtracks must be at least 1")
-        line_search = "armijo" if line_search == "auto" else line_search
+        line_search = resolve_line_search("lbfgs", line_search)
         self.param, self.lr, self.history_size, self.eps = param, lr, history_size, eps
         n, m, device = param.numel(), history_size, param.device
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -129,13 +136,14 @@ class LBFGS:
         grad: torch.Tensor,
         accept: torch.Tensor | None = None,
         project: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the newest pair (s, y) if s.y > eps (and this is not the first step).
 
         With `accept` (line search), only when the point evaluated was accepted.
 
         Returns history @ project (default: grad; the projections the direction needs), from
-        the same pass over the history that updates the s.y and y.y tables.
+        the same pass over the history that updates the s.y and y.y tables, and whether the
+        pair was stored.
         """
         m = self.history_size
         s, y = flat - self.prev_flat, grad - self.prev_grad
@@ -157,8 +165,7 @@ class LBFGS:
         self.rho.copy_(torch.where(hit, 1.0 / ys.clamp_min(self.eps), self.rho))
         self.gamma.copy_(torch.where(valid, ys / (yy_new + 1e-30), self.gamma))
         self.stored.add_(valid.long())
-        self._paired = valid  # read by the same step's line search (derived, not state)
-        return p[:, 0]
+        return p[:, 0], valid
 
     def _direction(self, grad: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
         """-H g by the compact two-loop recursion over all slots, oldest first."""
@@ -202,7 +209,7 @@ class LBFGS:
         self._search_step(flat, grad, loss.detach().reshape(()).to(self.dtype))
 
     def _fixed_step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        projections = self._remember(flat, grad)
+        projections, _ = self._remember(flat, grad)
         direction = self._direction(grad, projections)
         step_size = torch.where(self.steps == 0, self._first_step(grad), self.lr)
         self.prev_flat.copy_(flat)
@@ -239,15 +246,17 @@ class LBFGS:
     def _project(self, flat: torch.Tensor) -> torch.Tensor:
         return flat if self.bounds is None else flat.clamp(*self.bounds)
 
-    def _full_step(self, direction: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    def _full_step(
+        self, direction: torch.Tensor, taken: torch.Tensor, paired: torch.Tensor
+    ) -> torch.Tensor:
         """First trial along a new direction: twice as long as the step just accepted, at most
-        `lr` unless the step's curvature pair was rejected (s.y <= eps: the loss curved down,
-        the quasi-Newton scale says nothing and lr would be plain gradient descent at step
-        lr), and (with bounds) moving no coordinate further than the box is wide. The projected
+        `lr` unless the step's curvature pair was not stored (`paired` false: s.y <= eps, the
+        loss curved down, the quasi-Newton scale says nothing and lr would be plain gradient
+        descent at step lr), and (with bounds) moving no coordinate further than the box is wide. The projected
         direction is often badly scaled (|d| ~ 1e4 on pixels in [0, 1]); starting every search
         at lr then costs several rejected trials per step."""
         grow = 2 * taken / direction.norm().clamp_min(1e-30)
-        full = torch.where(self._paired, grow.clamp(max=self.lr), grow)
+        full = torch.where(paired, grow.clamp(max=self.lr), grow)
         if self.bounds is None:
             return full
         width = self.bounds[1] - self.bounds[0]
@@ -257,7 +266,7 @@ class LBFGS:
         accept, slope = self._armijo(flat, loss)
         first = self.steps == 0
         free = self._free(flat, grad)
-        projections = self._remember(flat, grad, accept, project=grad * free)
+        projections, paired = self._remember(flat, grad, accept, project=grad * free)
         new_direction = self._direction(grad * free, projections) * free
         descent = torch.dot(grad, new_direction) < 0  # else (rounding, bf16 history): -gamma g
         new_direction = torch.where(descent, new_direction, -self.gamma * grad * free)
@@ -274,7 +283,7 @@ class LBFGS:
         kept = torch.where(restart, steepest, self.direction)
         taken = self.trial_step * self.direction.norm()  # length of the step just tried
         self.direction.copy_(torch.where(accept, new_direction, kept))
-        full = self._full_step(new_direction, taken)
+        full = self._full_step(new_direction, taken, paired)
         trial = torch.where(accept, torch.where(first, fresh, full), shrunk)
         self.trial_step.copy_(torch.where(restart, fresh, trial))
         self.accepted.copy_(accept)
@@ -348,8 +357,7 @@ def make_optimizer(
     """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs;
     `line_search`: auto, none or armijo (L-BFGS only; auto: armijo for L-BFGS, none for Adam);
     `bounds`: the box L-BFGS's trials stay in)."""
-    if line_search == "auto":
-        line_search = "armijo" if name == "lbfgs" else "none"
+    line_search = resolve_line_search(name, line_search)
     if name == "lbfgs":
         return LBFGS(
             param, lr=lr, history_size=history_size, history_dtype=history_dtype,
