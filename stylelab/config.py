@@ -143,6 +143,9 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    # CPU: convolutions without oneDNN, whose rounding depends on the batch size, so that a job
+    # gives the same losses alone and in any batch of the batching launcher (slower: README)
+    batch_invariant: bool = False
     init: str = "content"  # content | noise | style | image
     init_image: str | None = None  # source for init=image
     resume: str | None = None  # a run folder to continue from its checkpoint

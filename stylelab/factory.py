@@ -4,6 +4,8 @@ and optimiser settings, for the runner and the benchmarks alike."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -102,6 +104,40 @@ class StageMasks:
         return masks
 
 
+_shared_vgg: dict[tuple, torch.nn.Sequential] | None = None  # see `sharing_vgg`
+
+
+@contextmanager
+def sharing_vgg() -> Iterator[None]:
+    """Within this block, syntheses built with the same `model.weights` (and seed, for random
+    weights) share one loaded VGG: a batch of jobs loads it once and runs it once per step."""
+    global _shared_vgg
+    outer, _shared_vgg = _shared_vgg, {} if _shared_vgg is None else _shared_vgg
+    try:
+        yield
+    finally:
+        _shared_vgg = outer
+
+
+def vgg_key(cfg: Config) -> tuple:
+    """What identifies the VGG a config loads (jobs with equal keys can share one batch)."""
+    return (
+        cfg.model.weights,
+        cfg.seed if cfg.model.weights == "random" else None,
+        cfg.model.pooling,
+    )
+
+
+def load_vgg(cfg: Config) -> torch.nn.Sequential:
+    """The VGG-19 features of `cfg.model` (shared inside `sharing_vgg`)."""
+    key = vgg_key(cfg)[:2]
+    if _shared_vgg is None:
+        return load_vgg19_features(cfg.model.weights, seed=cfg.seed)
+    if key not in _shared_vgg:
+        _shared_vgg[key] = load_vgg19_features(cfg.model.weights, seed=cfg.seed)
+    return _shared_vgg[key]
+
+
 @dataclass
 class Built:
     """A ready synthesis and what the runner reports about it."""
@@ -145,7 +181,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
     sources = sources or SourceImages.load(cfg)
     style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
     encoder = VGGFeatures(
-        load_vgg19_features(cfg.model.weights, seed=cfg.seed),
+        load_vgg(cfg),
         style_layers + content_layers,
         cfg.model.pooling,
     )
@@ -167,6 +203,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
             ema=cfg.optim.ema,
             keep=cfg.keep,
             line_search=cfg.optim.line_search,
+            batch_invariant=cfg.batch_invariant,
         ),
         loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),
         blend=cfg.pair.style_blend,

@@ -77,11 +77,12 @@ def was_interrupted(run_dir: Path) -> bool:
         return False
 
 
-def unlock_all() -> None:
-    """Release every run folder this process holds (a job of a multirun has ended)."""
-    for fd in _held_locks.values():
-        os.close(fd)
-    _held_locks.clear()
+def unlock(*folders: str | Path) -> None:
+    """Release these run folders if this process holds them (a job has ended)."""
+    for folder in folders:
+        fd = _held_locks.pop(Path(folder).resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
 
 class RunFolder:
@@ -221,9 +222,7 @@ class RunFolder:
         _held_locks[key] = fd
 
     def unlock(self) -> None:
-        fd = _held_locks.pop(self.root.resolve(), None)
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
+        unlock(self.root)
 
     def earlier_run(self) -> str | None:
         """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""

@@ -20,11 +20,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock_all
+from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
-from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, run_synthesis
+from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, JobSteps, drive, synthesis_steps
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
 from stylelab.tracking import RunInfo, make_tracker
@@ -84,14 +84,22 @@ def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one synthesis; returns the final total loss (the objective sweepers minimise)."""
+    return drive(job_steps(cfg))
+
+
+def job_steps(cfg: DictConfig) -> JobSteps[float]:
+    """`main` in steps (see `stylelab.runner.JobSteps`), for the batching launcher: set up the
+    job (inside its Hydra job context), yield its synthesis, then report and return."""
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     started = False  # run_synthesis writes the summary of a run it started
+    held = [run_dir]  # the run folders this job locks (a resumed one too)
     try:
         asked_to_resume = bool(cfg.resume)
         cfg, run_dir = prepare_run(cfg, run_dir, overrides)
+        held.append(run_dir)
         if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
             log.info("%s holds an interrupted run: resuming it", run_dir)
         try:
@@ -111,7 +119,7 @@ def main(cfg: DictConfig) -> float:
             swept=swept_values(config, overrides),
         )
         started = True
-        summary = run_synthesis(config, run_dir, tracker, info)
+        summary = yield from synthesis_steps(config, run_dir, tracker, info)
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
         return float(summary.get("final/total", math.nan))
     except Interrupted as error:
@@ -145,7 +153,7 @@ def main(cfg: DictConfig) -> float:
             return math.inf
         sys.exit(EXIT_FAILED)
     finally:
-        unlock_all()  # a multirun's next job may be started in this process
+        unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process
 
 
 def logger_options(config: Config) -> dict[str, Any]:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Generator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from stylelab.config import Config, mask_sources, style_sources, validate
+from stylelab.engine.batch import BatchJob
 from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.errors import StyleLabError
-from stylelab.factory import Built, build_synthesis
+from stylelab.factory import Built, build_synthesis, vgg_key
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
@@ -30,6 +32,7 @@ from stylelab.tracking import RunInfo, Tracker
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+progress_bars = True  # one per run (the batching launcher shows one per batch instead)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -46,6 +49,28 @@ def out_of_memory(cfg: Config) -> StyleLabError:
     )
 
 
+T = TypeVar("T")
+# A job in steps: it yields its ready synthesis once and is sent the `Result` (or thrown the
+# exception that ended it); it returns what the job returns.
+JobSteps = Generator[BatchJob, Result, T]
+
+
+def drive(job: JobSteps[T]) -> T:
+    """Run a job's synthesis on its own (every launcher but the batching one)."""
+    outcome: Result | BaseException | None = None
+    while True:
+        try:
+            request = (
+                job.throw(outcome) if isinstance(outcome, BaseException) else job.send(outcome)
+            )  # type: ignore[arg-type]
+        except StopIteration as stop:
+            return stop.value
+        try:
+            outcome = request.run()
+        except BaseException as error:  # handed back to the job, which reports and re-raises
+            outcome = error
+
+
 def run_synthesis(
     cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
 ) -> dict[str, Any]:
@@ -55,6 +80,14 @@ def run_synthesis(
     when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
     and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`).
     """
+    return drive(synthesis_steps(cfg, run_dir, tracker, info))
+
+
+def synthesis_steps(
+    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+) -> JobSteps[dict[str, Any]]:
+    """`run_synthesis` in steps (see `JobSteps`): everything before the synthesis runs, then,
+    with its result, everything after. The batching launcher runs many of these in one batch."""
     folder = RunFolder(run_dir)
     checkpoint = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and checkpoint is None:
@@ -69,7 +102,7 @@ def run_synthesis(
         try:
             validate(cfg)
             try:
-                return _synthesize(cfg, folder, tracker, checkpoint, received)
+                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received))
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except BaseException as error:
@@ -93,7 +126,7 @@ def run_synthesis(
 
 def _synthesize(
     cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None, received: list[int]
-) -> dict[str, Any]:
+) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg)
     synthesis = built.synthesis
     describe(built, cfg)
@@ -116,10 +149,14 @@ def _synthesize(
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
-    observers = [guard, TrackerRecorder(tracker), recorder, ProgressBar()]
+    observers = [guard, TrackerRecorder(tracker), recorder]
+    if progress_bars:
+        observers.append(ProgressBar())
     if cfg.optim.tolerance:
         observers.append(ConvergenceStop(cfg.optim.tolerance, cfg.optim.window))
-    result = synthesis.run(observers, lambda: bool(received), resume=checkpoint)
+    result = yield BatchJob(
+        synthesis, observers, lambda: bool(received), checkpoint, batch_key(cfg, built, checkpoint)
+    )
     if result.status == "interrupted":
         raise Interrupted(received[0], result.step)
     if result.stopped_early:
@@ -130,6 +167,18 @@ def _synthesize(
     gif = folder.root / "synthesis.gif"
     tracker.finish(EXIT_OK, summary, final_image=recorder.final, gif_path=gif, inputs=inputs)
     return summary
+
+
+def batch_key(cfg: Config, built: Built, checkpoint: dict | None) -> tuple:
+    """Jobs with equal keys can run in one batch: the same image shapes at every stage, stages,
+    optimiser kind, numerics, device, VGG and (resumed) starting point."""
+    stages = built.synthesis.stages
+    shapes = [tuple(built.images(stage.size)[0].shape) for stage in stages]
+    start = (checkpoint["stage"], checkpoint["synthesis"]["step"]) if checkpoint else (0, 0)
+    return (
+        tuple((stage.size, stage.steps) for stage in stages), tuple(shapes), cfg.optim.name,
+        built.precision, cfg.batch_invariant, str(built.device), vgg_key(cfg), start,
+    )  # fmt: skip
 
 
 def describe(built: Built, cfg: Config) -> None:

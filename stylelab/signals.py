@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class Interrupted(Exception):
@@ -31,6 +32,22 @@ STOP_SIGNALS = tuple(
 GRACE_S = 2.0  # a repeat of the first signal within this time is a duplicate, not a second press
 _open_blocks: list[list[int]] = []  # the `received` lists of the open stop_on_signals blocks
 _first_at: list[float] = []  # when the first stop signal arrived (while any block is open)
+_previous: dict[int, Any] = {}  # the handlers before the first block opened
+
+
+def _handler(signum: int, frame: Any) -> None:
+    if not _first_at:
+        _first_at.append(time.monotonic())
+    elif (
+        _open_blocks
+        and _open_blocks[-1]
+        and signum == _open_blocks[-1][0]
+        and time.monotonic() - _first_at[0] >= GRACE_S
+    ):
+        raise KeyboardInterrupt
+    for block in _open_blocks:
+        if not block:
+            block.append(signum)
 
 
 @contextmanager
@@ -41,30 +58,23 @@ def stop_on_signals() -> Iterator[list[int]]:
     `GRACE_S` after it (Ctrl-C pressed again) stops at once with KeyboardInterrupt; one sooner
     (the same Ctrl-C forwarded by a wrapper or to the whole process group) and a different
     signal (SLURM's TERM after its USR2) do not interrupt the checkpoint under way. Blocks nest
-    (a sweep around its jobs): a signal reaches every open block, and a block opened after a
-    signal starts with it (the job stops at its first step).
+    (a sweep around its jobs) and may close in any order (the jobs of a batch): a signal reaches
+    every open block, and a block opened after a signal starts with it (the job stops at its
+    first step). The handlers before the first block are restored when the last one closes.
     """
     received: list[int] = list(_open_blocks[-1]) if _open_blocks else []
-
-    def handler(signum, frame):
-        if not _first_at:
-            _first_at.append(time.monotonic())
-        elif received and signum == received[0] and time.monotonic() - _first_at[0] >= GRACE_S:
-            raise KeyboardInterrupt
-        for block in _open_blocks:
-            if not block:
-                block.append(signum)
-
-    previous = {}
-    for signum in STOP_SIGNALS:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[signum] = signal.signal(signum, handler)
+    if not _open_blocks:
+        for signum in STOP_SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                _previous[signum] = signal.signal(signum, _handler)
     _open_blocks.append(received)
     try:
         yield received
     finally:
-        _open_blocks.pop()
+        position = next(i for i, block in enumerate(_open_blocks) if block is received)
+        del _open_blocks[position]
         if not _open_blocks:
             _first_at.clear()
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+            for signum, old in _previous.items():
+                signal.signal(signum, old)
+            _previous.clear()

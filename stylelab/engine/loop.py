@@ -51,6 +51,7 @@ class OptimSettings:
     line_search: str = "auto"  # auto (L-BFGS: armijo, Adam: none) | none | armijo
     cuda_graph: bool | None = None
     history_dtype: str = "auto"
+    batch_invariant: bool = False  # convolutions that round alike in any batch (CPU, slower)
 
 
 @dataclass
@@ -170,10 +171,11 @@ class Synthesis:
         run = _Run(self, list(observers), should_stop)
         first = int(resume.get("stage", 0)) if resume else 0
         for index in range(first, len(self.stages)):
-            self.enter_stage(index, resume if index == first else None)
-            run.notify("on_stage", self, self.stages[index])
-            if not run.stage(self.synth, self.stages[index]):
-                return run.end("interrupted")
+            run.start_stage(index, resume if index == first else None)
+            while not run.stage_done():
+                run.before_step()
+                if not run.after_step(self.synth.step()):  # type: ignore[union-attr]
+                    return run.end("interrupted")
         return run.end("finished")
 
     def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
@@ -188,7 +190,7 @@ class Synthesis:
         self.synth = Synthesizer(
             self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,
             o.history_dtype, line_search=o.line_search, ema=o.ema, first_step=stage.first_step,
-            previous=previous,
+            previous=previous, batch_invariant=o.batch_invariant,
         )  # fmt: skip
         self.stage_index = index
         if resume is not None:
@@ -231,25 +233,49 @@ class _Run:
         for observer in self.observers:
             getattr(observer, method)(*args)
 
-    def stage(self, synth: Synthesizer, stage: Stage) -> bool:
-        """Steps to the end of `stage`; False if stopped (after a checkpoint)."""
-        loop = self.synthesis.loop
+    @property
+    def synth(self) -> Synthesizer:
+        assert self.synthesis.synth is not None
+        return self.synthesis.synth
+
+    @property
+    def current_stage(self) -> Stage:
+        return self.synthesis.stages[self.synthesis.stage_index]
+
+    def start_stage(self, index: int, resume: dict[str, Any] | None = None) -> None:
+        """Enter stage `index` (from `resume`, a `Synthesis.state_dict()`, if given)."""
+        self.synthesis.enter_stage(index, resume)
         if self.first_step is None:
-            self.first_step = synth.step_count
-        while synth.step_count < stage.end and self.synthesis.stop_reason is None:
-            step = synth.step_count
-            if step % loop.image_every == 0:
-                frame = self.synthesis.presented(synth.display_image)
-                self.notify("on_frame", step, tensor_to_uint8(frame))
-            self.buffer.add(step, synth.step())
-            stop = self.should_stop()
-            if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
-                self.flush(stage)
-            if stop:
-                self.notify("on_checkpoint", self.synthesis.state_dict())
-                return False
-            if loop.checkpoint_every and synth.step_count % loop.checkpoint_every == 0:
-                self.notify("on_checkpoint", self.synthesis.state_dict())
+            self.first_step = self.synth.step_count
+        self.notify("on_stage", self.synthesis, self.current_stage)
+
+    def stage_done(self) -> bool:
+        """The current stage's steps are done, or an observer ended the run early."""
+        return (
+            self.synth.step_count >= self.current_stage.end
+            or self.synthesis.stop_reason is not None
+        )
+
+    def before_step(self) -> None:
+        """A frame, every `image_every` steps."""
+        step = self.synth.step_count
+        if step % self.synthesis.loop.image_every == 0:
+            frame = self.synthesis.presented(self.synth.display_image)
+            self.notify("on_frame", step, tensor_to_uint8(frame))
+
+    def after_step(self, terms: dict[str, torch.Tensor]) -> bool:
+        """Buffer the step's `terms`, flush and checkpoint when due; False once stopped (after a
+        checkpoint). Observers' errors (a non-finite loss) propagate."""
+        loop, synth, stage = self.synthesis.loop, self.synth, self.current_stage
+        self.buffer.add(synth.step_count - 1, terms)
+        stop = self.should_stop()
+        if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
+            self.flush(stage)
+        if stop:
+            self.notify("on_checkpoint", self.synthesis.state_dict())
+            return False
+        if loop.checkpoint_every and synth.step_count % loop.checkpoint_every == 0:
+            self.notify("on_checkpoint", self.synthesis.state_dict())
         return True
 
     def flush(self, stage: Stage) -> None:

@@ -60,7 +60,13 @@ class Objective(nn.Module):
             term.set_target(targets)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.encoder(image)
+        return self.evaluate(self.encoder(image), image)
+
+    def evaluate(
+        self, features: dict[int, torch.Tensor], image: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The terms from `features` of `image` computed elsewhere (e.g. by a batched encoder;
+        layers this objective does not read are ignored)."""
         values: dict[str, torch.Tensor] = {}
         sums: dict[str, torch.Tensor] = {}
         for term in self.terms:

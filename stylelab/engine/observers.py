@@ -19,18 +19,21 @@ ROW_FIELDS = ("step", "stage", "size")
 class ProgressBar(Observer):
     """A tqdm bar over all steps of all stages, with the latest loss of each kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, description: str = "synthesis") -> None:
         self.bar: tqdm | None = None
+        self.description = description
 
     def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
         if self.bar is None:
             assert synthesis.synth is not None
             self.bar = tqdm(
-                total=synthesis.total_steps, initial=synthesis.synth.step_count, desc="synthesis",
+                total=synthesis.total_steps, initial=synthesis.synth.step_count, desc=self.description,
                 unit="step", dynamic_ncols=True, file=sys.stderr, disable=None,
             )  # fmt: skip
         if len(synthesis.stages) > 1:
-            self.bar.set_description(f"stage {synthesis.stage_index + 1}, {stage.size} px")
+            self.bar.set_description(
+                f"{self.description}: stage {synthesis.stage_index + 1}, {stage.size} px"
+            )
 
     def on_losses(self, rows: list[Row]) -> None:
         if self.bar is None:

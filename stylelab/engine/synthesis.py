@@ -8,6 +8,7 @@ image. The loop over steps and stages lives in `stylelab.engine.loop`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -55,6 +56,17 @@ def initial_image(
             source, size=content.shape[-2:], mode="bilinear", align_corners=False, antialias=True
         ).clamp(0, 1)
     raise ValueError(f"unknown init '{init}': use one of {', '.join(INITS)}")
+
+
+@contextlib.contextmanager
+def without_onednn() -> Iterator[None]:
+    """Switch oneDNN (mkldnn) off for CPU convolutions; restored afterwards."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 class BestIterate:
@@ -121,6 +133,7 @@ class Synthesizer:
     bf16 precision, where the gradients themselves come from bf16 arithmetic. `ema` (0: off)
     keeps an averaged image; `first_step` is the global index of this stage's first step;
     `previous` is the synthesizer of the stage before, whose Adam moments carry over (resized).
+    `batch_invariant` computes convolutions without oneDNN (see `convolutions`).
     """
 
     def __init__(
@@ -137,6 +150,7 @@ class Synthesizer:
         first_step: int = 0,
         previous: Synthesizer | None = None,
         line_search: str = "none",
+        batch_invariant: bool = False,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
@@ -153,29 +167,40 @@ class Synthesizer:
         )  # fmt: skip
         if previous is not None and isinstance(previous.optimizer, Adam):
             carry_adam_moments(previous.optimizer, self.optimizer)
-        self.precision = precision
+        self.precision, self.batch_invariant = precision, batch_invariant
         self.step_count = first_step
         self.keys: list[str] = []
         self.best = BestIterate(self.image)
         self.average = AveragedImage(self.image, ema) if ema else None
         self.graph = GraphedStep(self._step) if use_graph else None
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of the forward: bf16 autocast, or nothing."""
         if self.precision == "bf16":  # no weight cache: each weight is cast once per step anyway
             return torch.autocast(self.image.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
+    def convolutions(self) -> contextlib.AbstractContextManager:
+        """Around forward and backward: with `batch_invariant`, convolutions whose rounding does
+        not depend on the batch size (oneDNN's does; the native kernels are slower)."""
+        return without_onednn() if self.batch_invariant else contextlib.nullcontext()
+
     def evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms at the current image and the gradient of the total."""
         image = self.image.detach().requires_grad_(True)
-        with self._autocast():
-            terms = self.loss(image)
-        (grad,) = torch.autograd.grad(terms["total"], image)
+        with self.convolutions():
+            with self.autocast():
+                terms = self.loss(image)
+            (grad,) = torch.autograd.grad(terms["total"], image)
         return {key: value.detach() for key, value in terms.items()}, grad
 
     def _step(self) -> torch.Tensor:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
-        terms, grad = self.evaluate()
+        return self.update(*self.evaluate())
+
+    def update(self, terms: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+        """Take the step for the evaluated `terms` and `grad` (in place, no host sync); returns
+        the terms stacked in one tensor (`record` turns it back into a dict)."""
         self.best.update(terms["total"], self.image)  # the image just evaluated
         self.optimizer.step(grad, terms["total"])
         with torch.no_grad():
@@ -190,7 +215,10 @@ class Synthesizer:
 
         Nothing here waits for the device: the returned tensors are read back by the caller.
         """
-        values = self.graph() if self.graph is not None else self._step()
+        return self.record(self.graph() if self.graph is not None else self._step())
+
+    def record(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Count a step taken by `update`; its stacked terms as a dict."""
         self.step_count += 1
         return dict(zip(self.keys, values.unbind(), strict=True))
 

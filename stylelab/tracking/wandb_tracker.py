@@ -211,6 +211,8 @@ class WandbTracker(Tracker):
 
         if "x_transaction_log_flush_interval" in wandb.Settings.model_fields:
             settings["x_transaction_log_flush_interval"] = FILE_FLUSH_SECONDS
+        # create_new: a batch (hydra/launcher=batched) keeps several runs live in one process
+        settings.setdefault("reinit", "create_new")
         return wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
 
     def _init_online(self, kwargs: dict[str, Any], received: list[int]) -> Any:

@@ -1,0 +1,215 @@
+"""Several syntheses at once: one VGG forward and backward over a batch of their images.
+
+Each job keeps its own objective (weights, layers, targets), optimiser, best iterate, averaged
+image and observers; only the encoder is shared, run once over the (K, 3, H, W) batch for the
+union of the jobs' layers. The gradient of the sum of the jobs' totals with respect to image k
+is the gradient of job k's total alone, so each job takes the steps it takes when run by itself
+(up to the float rounding of a batched convolution).
+
+`run_batch` drives the jobs in lockstep. A job that fails (a non-finite loss, an observer's
+error) or ends early leaves the batch and the others go on; out of memory splits the batch in
+half and retries each half from where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from stylelab.engine.cuda_graph import GraphedStep
+from stylelab.engine.features import VGGFeatures
+from stylelab.engine.loop import Observer, Result, Synthesis, _Run
+from stylelab.engine.synthesis import Synthesizer
+
+log = logging.getLogger(__name__)
+
+Outcome = Result | BaseException
+
+
+@dataclass
+class BatchJob:
+    """One synthesis with what `Synthesis.run` takes: observers, a stop flag, a checkpoint."""
+
+    synthesis: Synthesis
+    observers: Sequence[Observer] = ()
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+    resume: dict[str, Any] | None = None
+    key: tuple = ()  # jobs with equal keys can share a batch (set by whoever groups them)
+
+    def run(self) -> Result:
+        """This job alone."""
+        return self.synthesis.run(self.observers, self.should_stop, self.resume)
+
+
+def shared_encoder(encoders: Sequence[VGGFeatures]) -> VGGFeatures:
+    """One encoder over the same modules for the union of the encoders' layers.
+
+    The encoders must share their convolutions (one loaded VGG) and their pooling.
+    """
+    deepest = max(encoders, key=lambda encoder: encoder.layers[-1])
+    convolutions = [m for m in deepest.net if isinstance(m, torch.nn.Conv2d)]
+    pooling = [
+        type(m) for m in deepest.net if isinstance(m, torch.nn.MaxPool2d | torch.nn.AvgPool2d)
+    ]
+    for encoder in encoders:
+        own = [m for m in encoder.net if isinstance(m, torch.nn.Conv2d)]
+        if any(a is not b for a, b in zip(own, convolutions, strict=False)):
+            raise ValueError("jobs in one batch must share one VGG (the same loaded weights)")
+        pools = [
+            type(m) for m in encoder.net if isinstance(m, torch.nn.MaxPool2d | torch.nn.AvgPool2d)
+        ]
+        if pools != pooling[: len(pools)]:
+            raise ValueError("jobs in one batch must use the same pooling")
+    layers = sorted({layer for encoder in encoders for layer in encoder.layers})
+    union = VGGFeatures(deepest.net, layers)
+    return union.to(device=deepest.mean.device)
+
+
+class BatchedStep:
+    """One evaluation and update of every synthesizer in `synths` through one encoder pass.
+
+    On CUDA (unless `cuda_graph=False`) the whole batched step is replayed as one CUDA graph
+    after three eager warm-up steps, as a single `Synthesizer` does.
+    """
+
+    def __init__(
+        self, synths: Sequence[Synthesizer], encoder: VGGFeatures, cuda_graph: bool | None = None
+    ):
+        if not synths:
+            raise ValueError("a batch needs at least one synthesis")
+        shapes = {tuple(s.image.shape) for s in synths}
+        if len(shapes) > 1:
+            raise ValueError(f"images of one batch must have one shape, not {sorted(shapes)}")
+        if len({(s.precision, s.batch_invariant) for s in synths}) > 1:
+            raise ValueError("jobs in one batch must use one precision and batch_invariant")
+        self.synths, self.encoder = list(synths), encoder
+        self.sizes: list[int] = []
+        on_cuda = self.synths[0].image.device.type == "cuda"
+        self.graph = GraphedStep(self._step) if on_cuda and cuda_graph is not False else None
+
+    def _step(self) -> torch.Tensor:
+        batch = torch.cat([s.image for s in self.synths]).requires_grad_(True)
+        first = self.synths[0]
+        with first.convolutions():
+            with first.autocast():
+                features = self.encoder(batch)
+                results = [
+                    s.loss.evaluate(
+                        {layer: features[layer][k : k + 1] for layer in s.loss.encoder.layers},
+                        batch[k : k + 1],
+                    )
+                    for k, s in enumerate(self.synths)
+                ]
+            total = torch.stack([result["total"].float() for result in results]).sum()
+            (grad,) = torch.autograd.grad(total, batch)
+        rows = [
+            s.update({key: value.detach() for key, value in result.items()}, grad[k : k + 1])
+            for k, (s, result) in enumerate(zip(self.synths, results, strict=True))
+        ]
+        self.sizes = [len(row) for row in rows]
+        return torch.cat(rows)
+
+    def __call__(self) -> list[dict[str, torch.Tensor]]:
+        """Step every job once; each job's evaluated terms (on the device, not read back)."""
+        values = self.graph() if self.graph is not None else self._step()
+        return [s.record(row) for s, row in zip(self.synths, values.split(self.sizes), strict=True)]
+
+
+class _Member:
+    """A job's place in `run_batch`: its run bookkeeping and, once known, its outcome."""
+
+    def __init__(self, job: BatchJob):
+        self.job = job
+        self.run = _Run(job.synthesis, list(job.observers), job.should_stop)
+        self.stage = int(job.resume.get("stage", 0)) - 1 if job.resume else -1  # last entered
+        self.entered = False
+        self.outcome: Outcome | None = None
+
+    @property
+    def start_step(self) -> int:
+        return int(self.job.resume["synthesis"]["step"]) if self.job.resume else 0
+
+    def fail(self, error: BaseException) -> None:
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise error
+        self.outcome = error
+
+    def advance(self, stages: int) -> None:
+        """Enter the first (or checkpoint's) stage, the next one, or end the finished job."""
+        if self.entered and (
+            self.stage + 1 >= stages or self.job.synthesis.stop_reason is not None
+        ):
+            self.outcome = self.run.end("finished")
+            return
+        try:
+            self.run.start_stage(self.stage + 1, None if self.entered else self.job.resume)
+        except Exception as error:
+            self.fail(error)
+            return
+        self.stage, self.entered = self.stage + 1, True
+
+
+def run_batch(jobs: Sequence[BatchJob], cuda_graph: bool | None = None) -> list[Outcome]:
+    """Run `jobs` in one batch: each job's `Result`, or the exception that ended it.
+
+    The jobs must have the same stages (sizes and steps), image shapes, device and precision,
+    and one VGG (see `shared_encoder`); resumed jobs must resume from the same step.
+    """
+    members = [_Member(job) for job in jobs]
+    starts = {(m.stage, m.start_step) for m in members}
+    if len(starts) > 1:
+        raise ValueError("resumed jobs of one batch must continue from the same step")
+    _drive(members, cuda_graph)
+    return [m.outcome if m.outcome is not None else RuntimeError("not run") for m in members]
+
+
+def _drive(members: list[_Member], cuda_graph: bool | None) -> None:
+    try:
+        _lockstep(members, cuda_graph)
+    except torch.OutOfMemoryError as error:
+        active = [m for m in members if m.outcome is None]
+        if len(active) <= 1:
+            for member in active:
+                member.fail(error)
+            return
+        half = len(active) // 2
+        log.warning(
+            "out of memory with a batch of %d images: retrying as batches of %d and %d",
+            len(active), half, len(active) - half,
+        )  # fmt: skip
+        del error
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _drive(active[:half], cuda_graph)
+        _drive(active[half:], cuda_graph)
+
+
+def _lockstep(members: list[_Member], cuda_graph: bool | None) -> None:
+    stages = members[0].job.synthesis.stages
+    while active := [m for m in members if m.outcome is None]:
+        for member in active:
+            if not member.entered or member.run.stage_done():
+                member.advance(len(stages))
+        active = [m for m in active if m.outcome is None and not m.run.stage_done()]
+        if not active:
+            continue
+        encoder = shared_encoder([m.run.synth.loss.encoder for m in active])
+        step = BatchedStep([m.run.synth for m in active], encoder, cuda_graph)
+        while active and not any(m.outcome is not None or m.run.stage_done() for m in active):
+            for member in active:
+                try:
+                    member.run.before_step()
+                except Exception as error:
+                    member.fail(error)
+            if any(m.outcome is not None for m in active):
+                break
+            for member, terms in zip(active, step(), strict=True):
+                try:
+                    if not member.run.after_step(terms):
+                        member.outcome = member.run.end("interrupted")
+                except Exception as error:
+                    member.fail(error)
