@@ -65,7 +65,14 @@ class SweepJobs:
             self.data = {"jobs": [], "stopped_by": None}
 
     def plan(self, jobs: list[tuple[int, list[str]]]) -> None:
-        self.data["jobs"] += [{"num": num, "overrides": o, "started": False} for num, o in jobs]
+        """A launch of `jobs` begins (a sweeper may launch several; a re-run of a stopped sweep
+        in its folder replaces the earlier entries of the same jobs)."""
+        nums = {num for num, _ in jobs}
+        kept = [job for job in self.data["jobs"] if job["num"] not in nums]
+        self.data["jobs"] = kept + [
+            {"num": num, "overrides": o, "started": False} for num, o in jobs
+        ]
+        self.data["stopped_by"] = None
         write_json(self.path, self.data)
 
     def started(self, num: int) -> None:

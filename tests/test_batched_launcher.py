@@ -1,0 +1,137 @@
+"""`hydra/launcher=batched` through the CLI: batched jobs are still jobs, and fail alone."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import records_of, run_cli, start_cli, wandb_records
+
+pytestmark = pytest.mark.slow
+FAST = ["model.weights=random", "image_size=32", "steps=4", "log.image_every=2"]
+FAST += ["batch_invariant=true", "precision=fp32"]
+SWEEP = ["style_weight=1e3,1e6", "layers=approach1,approach2"]
+JOB_FILES = {"final.png", "losses.jsonl", "config.yaml", "summary.json", "synthesis.gif"}
+JOB_FILES |= {"checkpoint.pt", "frames", "content.png", "style.png", ".hydra", "run.log"}
+
+
+def read_rows(job: Path) -> list[dict]:
+    return [json.loads(line) for line in (job / "losses.jsonl").read_text().splitlines()]
+
+
+def jobs_of(sweep: Path) -> dict[str, Path]:
+    """Job folders by their swept values (`style_weight=1000.0 layers=approach1`)."""
+    return {
+        " ".join(o for o in _overrides(job) if o.startswith(("style_weight=", "layers="))): job
+        for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    }
+
+
+def _overrides(job: Path) -> list[str]:
+    lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
+    return [line.removeprefix("- ") for line in lines if line.startswith("- ")]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> tuple[Path, Path, str]:
+    """The same sweep through the sequential launcher and, with two bad jobs more, batched on two
+    CPU workers (W&B offline); returns both sweep folders and the batched run's log."""
+    cwd = tmp_path_factory.mktemp("batched")
+    alone = run_cli(*FAST, "logger=none", *SWEEP, "hydra.sweep.dir=seq", cwd=cwd, multirun=True)
+    assert alone.returncode == 0, alone.stderr
+    batched = run_cli(
+        *FAST, "hydra/launcher=batched", "hydra.launcher.devices=[cpu,cpu]",
+        "style_weight=1e3,1e6,-1,1e39", "layers=approach1,approach2", "hydra.sweep.dir=bat",
+        cwd=cwd, multirun=True,
+    )  # fmt: skip
+    assert batched.returncode == 1, batched.stderr  # the bad jobs fail; the sweep says so
+    return cwd / "seq", cwd / "bat", batched.stderr
+
+
+def test_each_batched_job_takes_the_steps_it_takes_alone(sweeps) -> None:
+    sequential, batched, _ = sweeps
+    alone, together = jobs_of(sequential), jobs_of(batched)
+    assert len(alone) == 4 and set(alone) <= set(together)
+    for name, job in alone.items():
+        want, got = read_rows(job), read_rows(together[name])
+        assert [r["step"] for r in got] == list(range(4))
+        for a, b in zip(got, want, strict=True):
+            for key, value in b.items():  # terms far below the total: to 1e-5 of the total
+                tolerance = pytest.approx(value, rel=1e-5, abs=1e-5 * b["total"])
+                assert a[key] == tolerance, (name, key)
+        summary = json.loads((together[name] / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert summary["final/total"] == pytest.approx(min(r["total"] for r in want), rel=1e-5)
+
+
+def test_batched_jobs_keep_their_files_and_their_own_wandb_runs(sweeps) -> None:
+    _, batched, log = sweeps
+    finished = [job for job in jobs_of(batched).values() if _status(job) == "finished"]
+    assert len(finished) == 4
+    runs = []
+    for job in finished:
+        assert {p.name for p in job.iterdir()} >= JOB_FILES, job
+        (run,) = records_of(wandb_records(job), "run")
+        runs.append(run)
+    assert len({run["run_id"] for run in runs}) == 4
+    assert len({run["run_group"] for run in runs}) == 1
+    # Dealt to the two workers in turn (the refused jobs never reach a batch): two batches.
+    assert "batch of 3: jobs #0, #2, #6" in log and "batch of 3: jobs #1, #3, #7" in log, log
+
+
+def _status(job: Path) -> str:
+    return json.loads((job / "summary.json").read_text())["status"]
+
+
+def test_a_bad_job_fails_alone_with_its_one_line(sweeps) -> None:
+    _, batched, log = sweeps
+    refused = [batched / "4", batched / "5"]  # style_weight=-1
+    diverged = [batched / "6", batched / "7"]  # style_weight=1e39
+    assert all(_status(job) == "failed" for job in refused + diverged)
+    assert "job 4: failed: style_weight=-1.0: must be >= 0 and finite" in log
+    assert "the loss became inf at step 0" in log
+    assert "4 of 8 jobs succeeded" in log and "Traceback" not in log
+
+
+def test_a_signal_checkpoints_every_job_and_a_rerun_continues_each(tmp_path: Path) -> None:
+    sweep = ["model.weights=random", "image_size=32", "log.flush_every=1", "logger=none"]
+    sweep += ["hydra/launcher=batched", "optim.lr=0.5,1", "hydra.sweep.dir=multirun/s"]
+    process = start_cli("-m", *sweep, "steps=100000", cwd=tmp_path)
+    losses = [tmp_path / f"multirun/s/{num}/losses.jsonl" for num in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() and p.read_text().count("\n") >= 2 for p in losses):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "multirun stopped by SIGTERM: 0 of 2 jobs finished" in stderr
+    steps = set()
+    for num in (0, 1):
+        job = tmp_path / f"multirun/s/{num}"
+        assert _status(job) == "interrupted"
+        steps.add(torch.load(job / "checkpoint.pt", weights_only=True)["synthesis"]["step"])
+    (stopped,) = steps  # every job of the batch stopped at the same step
+    again = run_cli(*sweep, f"steps={stopped + 3}", cwd=tmp_path, multirun=True)
+    assert again.returncode == 0, again.stderr
+    for num in (0, 1):
+        job = tmp_path / f"multirun/s/{num}"
+        assert _status(job) == "finished"
+        assert [r["step"] for r in read_rows(job)] == list(range(stopped + 3))
+
+
+def test_optuna_trials_run_as_batches(tmp_path: Path) -> None:
+    result = run_cli(
+        "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=batched", *FAST, "logger=none", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"batch of 2: jobs", result.stderr)) == 2, result.stderr
+    (best,) = tmp_path.glob("multirun/*/*/optimization_results.yaml")
+    assert "best_value" in best.read_text()
