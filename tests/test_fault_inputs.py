@@ -467,9 +467,12 @@ INVALID = [
 
 
 def test_random_combinations_either_finish_or_fail_in_one_line(tmp_path: Path) -> None:
-    rng = random.Random(14)
-    for attempt in range(8):
-        overrides = rng.sample(VALID, rng.randint(0, 3))
+    # Six runs, each with 1 to 3 valid overrides and every other one with an invalid one too:
+    # with this seed, every valid override is drawn at least once, 3 invalid ones in all.
+    rng, drawn = random.Random(2), set()
+    for attempt in range(6):
+        overrides = rng.sample(VALID, rng.randint(1, 3))
+        drawn.update(overrides)
         if attempt % 2:
             overrides.append(rng.choice(INVALID))
         cwd = tmp_path / str(attempt)
@@ -487,3 +490,4 @@ def test_random_combinations_either_finish_or_fail_in_one_line(tmp_path: Path) -
             lines = error_lines(result)
             assert len(lines) == 1 and summary["status"] == "failed", context
             assert lines[0].endswith(summary["error"]), context
+    assert drawn == set(VALID)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -64,6 +65,32 @@ def loss_steps(run_dir: Path) -> list[int]:
     ]
 
 
+def finished(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def fast_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two finished 2-step runs, made once (side by side) for the tests to copy: "run", and
+    "other" with another style_weight (7), whose checkpoint belongs to another run."""
+    cwd = tmp_path_factory.mktemp("fast_runs")
+    started = {
+        name: start_cli(*FAST, "steps=2", *extra, f"hydra.run.dir={cwd / name}", cwd=cwd)
+        for name, extra in [("run", []), ("other", ["style_weight=7"])]
+    }
+    results = [finished(process) for process in started.values()]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    return {name: cwd / name for name in started}
+
+
+def copy_run(source: Path, run_dir: Path) -> Path:
+    """A copy of a finished run folder at `run_dir` (the original stays untouched)."""
+    shutil.copytree(source, run_dir)
+    return run_dir
+
+
 # 1. Unique run folders, and a lock -----------------------------------------------------------
 
 
@@ -86,6 +113,8 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_left_alone(tmp_path: Path)
     run_dir = tmp_path / "shared"
     first = start_cli(*LONG, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     wait_for_rows(first, "shared/losses.jsonl", tmp_path)
+    # Paused, the first run stays alive and keeps its lock but leaves both cores to the others.
+    first.send_signal(signal.SIGSTOP)
     try:
         before = snapshot(run_dir / ".hydra") | {"config.yaml": snapshot(run_dir)["config.yaml"]}
         second = run_cli(
@@ -97,15 +126,15 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_left_alone(tmp_path: Path)
         after = snapshot(run_dir / ".hydra") | {"config.yaml": snapshot(run_dir)["config.yaml"]}
         assert after == before
     finally:
+        first.send_signal(signal.SIGCONT)
         first.send_signal(signal.SIGINT)
         _, stderr = first.communicate(timeout=60)
     assert first.returncode == 130, stderr
     assert "in use" not in (run_dir / "run.log").read_text()  # nothing of the refused runs
 
 
-def test_a_finished_run_folder_is_refused_naming_resume(tmp_path: Path) -> None:
-    run_dir = tmp_path / "done"
-    assert run_cli(*FAST, "steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+def test_a_finished_run_folder_is_refused_naming_resume(tmp_path: Path, fast_runs) -> None:
+    run_dir = copy_run(fast_runs["run"], tmp_path / "done")
     before = snapshot(run_dir)
     again = run_cli(*FAST, "steps=2", "style_weight=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     one_error_line(again, "already holds a finished run", f"resume={run_dir}", "another folder")
@@ -149,9 +178,10 @@ def test_resume_refuses_what_a_run_cannot_change_before_writing(
     assert not (cwd / "outputs").exists()
 
 
-def test_resume_with_more_steps_records_them_and_logs_into_the_run(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    assert run_cli(*FAST, "steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+def test_resume_with_more_steps_records_them_and_logs_into_the_run(
+    tmp_path: Path, fast_runs
+) -> None:
+    run_dir = copy_run(fast_runs["run"], tmp_path / "run")
     overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
     result = run_cli(
         f"resume={run_dir}", "steps=4", "logger=none", "log.flush_every=1", cwd=tmp_path
@@ -164,13 +194,6 @@ def test_resume_with_more_steps_records_them_and_logs_into_the_run(tmp_path: Pat
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
 
 
-def _other_checkpoint(cwd: Path, run_dir: Path) -> None:
-    other = cwd / "other"
-    result = run_cli(*FAST, "steps=2", "style_weight=7", f"hydra.run.dir={other}", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    (run_dir / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
-
-
 @pytest.mark.parametrize(
     ("damage", "fragments"),
     [
@@ -181,14 +204,13 @@ def _other_checkpoint(cwd: Path, run_dir: Path) -> None:
     ],
 )
 def test_a_damaged_or_foreign_checkpoint_is_one_line(
-    tmp_path: Path, damage: str, fragments
+    tmp_path: Path, fast_runs, damage: str, fragments
 ) -> None:
-    run_dir = tmp_path / "run"
-    assert run_cli(*FAST, "steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    run_dir = copy_run(fast_runs["run"], tmp_path / "run")
     checkpoint = run_dir / "checkpoint.pt"
     data = checkpoint.read_bytes()
     if damage == "other run":
-        _other_checkpoint(tmp_path, run_dir)
+        checkpoint.write_bytes((fast_runs["other"] / "checkpoint.pt").read_bytes())
     else:
         checkpoint.write_bytes(
             {"empty": b"", "truncated": data[: len(data) // 2]}.get(damage, b"x" * 999)
@@ -212,9 +234,8 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_pickled_payload_in_the_checkpoint_does_not_run(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    assert run_cli(*FAST, "steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+def test_a_pickled_payload_in_the_checkpoint_does_not_run(tmp_path: Path, fast_runs) -> None:
+    run_dir = copy_run(fast_runs["run"], tmp_path / "run")
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     marker = tmp_path / "payload-ran"
     torch.save({**checkpoint, "tracker_run_id": Payload(marker)}, run_dir / "checkpoint.pt")
