@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import VGG19_Weights, vgg19
-from torchvision.models.vgg import cfgs, make_layers
 
 from stylelab.errors import LayerError, WeightsError
 
@@ -68,8 +66,32 @@ def layer_name(index: int) -> str:
     return LAYER_NAMES[index]
 
 
+# VGG-19 ("configuration E"): output channels of each 3x3 convolution, "M" for a 2x2 max pool.
+VGG19_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M")
+VGG19_CONFIG += (512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def vgg19_layers() -> nn.Sequential:
+    """VGG-19 `features` laid out (and default-initialised, in order) as torchvision's
+    `vgg19().features`: built here because importing torchvision.models costs ~3 s per process."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in VGG19_CONFIG:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [
+                nn.Conv2d(channels, int(item), kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+            ]
+            channels = int(item)
+    return nn.Sequential(*layers)
+
+
 def hub_checkpoint_path() -> Path:
     """Where torchvision keeps the ImageNet VGG-19 weights (under `$TORCH_HOME`)."""
+    from torchvision.models import VGG19_Weights
+
     filename = os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
@@ -77,6 +99,8 @@ def hub_checkpoint_path() -> Path:
 def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
     """VGG-19 `features` with weights from `imagenet`, `random` or a local state-dict file."""
     if weights == "imagenet":
+        from torchvision.models import VGG19_Weights, vgg19
+
         try:
             model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1, progress=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
@@ -104,7 +128,7 @@ def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequenti
 def _random_features() -> nn.Sequential:
     """VGG-19 `features` initialised as torchvision initialises them (the classifier is skipped;
     the convolutions come first in torchvision's order, so the weights are the same)."""
-    features = make_layers(cfgs["E"], batch_norm=False)
+    features = vgg19_layers()
     for module in features.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -133,7 +157,7 @@ def _load_state_dict_file(path: Path) -> nn.Sequential:
         )
     # Only the convolutional part: building (and initialising) the 120M-parameter classifier
     # just to drop it took over a second per load.
-    features = make_layers(cfgs["E"], batch_norm=False)
+    features = vgg19_layers()
     feature_state = {
         key.removeprefix("features."): value
         for key, value in state.items()
