@@ -288,13 +288,13 @@ def test_packed_task_is_preempted_once_and_each_of_its_jobs_resumes(
 ) -> None:
     """`jobs_per_task=3`: three jobs in one array task, one batch; SIGTERM checkpoints all
     three, the task is requeued once and each job resumes its own run."""
-    sweep_dir, total, nums = tmp_path / "multirun" / "packed", 8, ("0", "1", "2")
+    sweep_dir, total, nums = tmp_path / "multirun" / "packed", 12, ("0", "1", "2")
     process = start_sweep(
         tmp_path,
         *TINY,
         "log.flush_every=1",
         "log.image_every=1000",
-        "style_weight=3e5,1e6,3e6",
+        "style_weight=1e4,3e4,1e5",
         f"steps={total}",
         "hydra.launcher.jobs_per_task=3",
         f"hydra.sweep.dir={sweep_dir}",
