@@ -318,8 +318,8 @@ def test_packed_task_is_preempted_once_and_each_of_its_jobs_resumes(
     assert process.returncode == 0, f"{stderr[-3000:]}\n{submitit_logs(sweep_dir)}"
     assert "multirun finished: 3 of 3 jobs succeeded" in stderr
     logs = "\n".join(log.read_text() for log in sweep_dir.glob(".submitit/*/*.err"))
-    assert logs.count(f"array task {job}: jobs #0, #1, #2 in one batch") == 2, logs
-    assert "batch of 3: jobs #0, #1, #2" in logs
+    assert logs.count(f"array task {job} runs jobs #0, #1, #2 (all to run)") == 2, logs
+    assert logs.count("batch of 3: jobs #0, #1, #2") == 2, logs
     wait_for(
         "SLURM to record the task as requeued once, then completed",
         lambda: accounting(job) == ["REQUEUED", "COMPLETED"],

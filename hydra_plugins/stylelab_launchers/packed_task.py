@@ -44,8 +44,7 @@ class PackedTask:
         task_id = submitit.JobEnvironment().job_id
         todo = [(overrides, num) for overrides, num in members if num not in self.done]
         log.info(
-            "array task %s: jobs %s in one batch (%s)", task_id,
-            ", ".join(f"#{num}" for _, num in members),
+            "array task %s runs jobs %s (%s)", task_id, ", ".join(f"#{num}" for _, num in members),
             f"{len(todo)} to run" if len(todo) < len(members) else "all to run",
         )  # fmt: skip
         halves = JobHalves(launcher.hydra_context, launcher.config, launcher.task_function)
