@@ -28,7 +28,7 @@ Member = tuple[list[str], int]  # a sweep job's overrides and number
 
 
 class PackedTask:
-    """The function of a packed array task: `launcher`'s jobs `members`, as one batch."""
+    """The function of a packed array task: `launcher`'s jobs `members`, batched together."""
 
     def __init__(self, launcher: Any):
         self.launcher = launcher
