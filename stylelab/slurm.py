@@ -6,10 +6,30 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from stylelab.signals import Interrupted
 
 log = logging.getLogger("stylelab")
+_deferred: list[list[Interrupted]] = []  # the requests of the open `one_requeue` block
+
+
+@contextmanager
+def one_requeue() -> Iterator[list[Interrupted]]:
+    """Jobs run together in one SLURM task (packed): `submitit_requeue` only records them.
+
+    Inside the block an interrupted job does not requeue the task (that would end the process
+    before its batch-mates have checkpointed): its request is added to the yielded list and it
+    ends as a job that was not requeued. Afterwards the caller requeues the task once with
+    `submitit_requeue(requests[0])`.
+    """
+    requests: list[Interrupted] = []
+    _deferred.append(requests)
+    try:
+        yield requests
+    finally:
+        _deferred.pop()
 
 
 def submitit_requeue(error: Interrupted) -> bool:
@@ -20,8 +40,11 @@ def submitit_requeue(error: Interrupted) -> bool:
     `scontrol requeue` and exits. The requeued job runs in the same job folder, where
     `stylelab.outputs.was_interrupted` makes it resume. A job that is being cancelled (`scancel`:
     SIGTERM, then SIGKILL) is not requeued. Returns False outside such a job, True when it was
-    not requeued (the reason logged).
+    not requeued (the reason logged) or when the request was left to the task (`one_requeue`).
     """
+    if _deferred:
+        _deferred[-1].append(error)
+        return True
     job = os.environ.get("SLURM_JOB_ID")
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not job:
         return False

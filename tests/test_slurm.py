@@ -283,6 +283,69 @@ def test_preempted_job_is_requeued_and_resumes_the_same_wandb_run(
     assert [step for session in steps for step in session] == list(range(total))
 
 
+def test_packed_task_is_preempted_once_and_each_of_its_jobs_resumes(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """`jobs_per_task=3`: three jobs in one array task, one batch; SIGTERM checkpoints all
+    three, the task is requeued once and each job resumes its own run."""
+    sweep_dir, total, nums = tmp_path / "multirun" / "packed", 12, ("0", "1", "2")
+    process = start_sweep(
+        tmp_path,
+        *TINY,
+        "log.flush_every=1",
+        "log.image_every=1000",
+        "style_weight=1e4,3e4,1e5",
+        f"steps={total}",
+        "hydra.launcher.jobs_per_task=3",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    try:
+        wait_for(
+            "each job to log 2 steps",
+            lambda: all(len(loss_steps(sweep_dir / num)) >= 2 for num in nums),
+            180,
+            sweep_dir,
+        )
+        job = job_id(sweep_dir)  # the only array task
+        preempt(job, signal.SIGTERM, sweep_dir)
+        summaries = [json.loads((sweep_dir / num / "summary.json").read_text()) for num in nums]
+        assert [summary["status"] for summary in summaries] == ["interrupted"] * 3, summaries
+        stops = {int(re.search(r"at step (\d+)", summary["error"])[1]) for summary in summaries}
+        assert len(stops) == 1 and min(stops) < total, f"one batch stops at one step: {stops}"
+        stderr = finish(process, sweep_dir, timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode == 0, f"{stderr[-3000:]}\n{submitit_logs(sweep_dir)}"
+    assert "multirun finished: 3 of 3 jobs succeeded" in stderr
+    logs = "\n".join(log.read_text() for log in sweep_dir.glob(".submitit/*/*.err"))
+    assert logs.count(f"array task {job} runs jobs #0, #1, #2 (all to run)") == 2, logs
+    assert logs.count("batch of 3: jobs #0, #1, #2") == 2, logs
+    wait_for(
+        "SLURM to record the task as requeued once, then completed",
+        lambda: accounting(job) == ["REQUEUED", "COMPLETED"],
+        30,
+        sweep_dir,
+    )
+    run_ids = set()
+    for num in nums:
+        job_dir = sweep_dir / num
+        assert loss_steps(job_dir) == list(range(total)), num
+        assert json.loads((job_dir / "summary.json").read_text())["status"] == "finished"
+        sessions = session_records(job_dir)
+        assert len(sessions) == 2, num
+        (run_id,) = {records_of(session, "run")[0]["run_id"] for session in sessions}
+        run_ids.add(run_id)
+        assert [records_of(s, "exit")[0].get("exit_code", 0) for s in sessions] == [143, 0]
+        logged = [
+            h["item"]["step"]
+            for session in sessions
+            for h in records_of(session, "history")
+            if "loss/total" in h["item"]
+        ]
+        assert logged == list(range(total)), num
+    assert len(run_ids) == 3, "each job has its own W&B run"
+
+
 def test_cancelled_and_killed_jobs_are_named_and_the_sweep_ends(
     slurm_cluster, tmp_path: Path
 ) -> None:

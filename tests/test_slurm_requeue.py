@@ -77,3 +77,14 @@ def test_a_requeue_submitit_declines_is_reported(in_slurm_job, monkeypatch) -> N
 def test_job_state_is_none_without_squeue(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert slurm.slurm_job_state("42") is None
+
+
+def test_jobs_packed_in_one_task_leave_the_requeue_to_the_task(in_slurm_job, monkeypatch) -> None:
+    monkeypatch.setattr(slurm, "slurm_job_state", lambda job: "RUNNING")
+    with slurm.one_requeue() as requests:
+        assert slurm.submitit_requeue(INTERRUPTED) is True  # the job reports and ends
+        assert slurm.submitit_requeue(INTERRUPTED) is True
+    assert requests == [INTERRUPTED, INTERRUPTED]
+    assert in_slurm_job == []  # not requeued yet: the task does it once, afterwards
+    assert slurm.submitit_requeue(requests[0]) is False
+    assert in_slurm_job == [signal.SIGTERM]

@@ -5,7 +5,8 @@ job that left no result (killed with `scancel --signal=KILL`, out of memory, nod
 the other jobs end and before the `on_multirun_end` callbacks run. These subclasses wrap the jobs
 the executor returns: a dead job becomes a completed `JobReturn` with return value inf (what a
 failed run returns in a multirun) plus an error line naming the cluster job, its state and the
-job folder. `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
+job folder. `jobs_per_task` packs several sweep jobs into each array task, run as one batch
+(`packed_task`). `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
 """
 
 from __future__ import annotations
@@ -28,34 +29,65 @@ from hydra.types import HydraContext
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
+
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
 
 
-class WatchedJob:
-    """A submitted job whose `results()` waits for it to end and never raises."""
+class WatchedTask:
+    """A submitted array task (one sweep job, or `jobs_per_task` of them packed) whose
+    `returns()`, one `JobReturn` per job, waits for it to end and never raises."""
 
-    def __init__(self, job: Any, launcher: WaitForEveryJob, overrides: Sequence[str], num: int):
-        self.job, self.launcher, self.overrides, self.num = job, launcher, list(overrides), num
+    def __init__(self, job: Any, launcher: WaitForEveryJob, members: list[Member], packed: bool):
+        self.job, self.launcher, self.members, self.packed = job, launcher, members, packed
+        self._returns: list[JobReturn] | None = None
 
-    def results(self) -> list[JobReturn]:
+    def returns(self) -> list[JobReturn]:
+        if self._returns is not None:
+            return self._returns
         next_check = time.monotonic() + POLL_S
         while not self.job.done(force_check=time.monotonic() >= next_check):
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + POLL_S
             time.sleep(1)
         try:
-            return self.job.results()
+            result = self.job.results()[0]
+            self._returns = list(result) if self.packed else [result]
         except Exception as error:  # no result (killed) or an error outside the task function
-            return [self.launcher.dead_job(self, error)]
+            self._returns = [
+                self.launcher.dead_job(self.job, overrides, num, error)
+                for overrides, num in self.members
+            ]
+        return self._returns
+
+
+class WatchedJob:
+    """One sweep job of a watched task, as the plugin's `launch()` reads it: `results()`."""
+
+    def __init__(self, task: WatchedTask, index: int):
+        self.task, self.index = task, index
+
+    def results(self) -> list[JobReturn]:
+        return [self.task.returns()[self.index]]
 
 
 class WaitForEveryJob:
-    """Mixin for the plugin's launchers: every job is waited for; a dead one returns inf."""
+    """Mixin for the plugin's launchers: every job is waited for; a dead one returns inf.
+
+    With `jobs_per_task` K > 1, K sweep jobs share each array task, run as one batch
+    (`packed_task.PackedTask`); each still gets its own `JobReturn`, in job order.
+    """
 
     _EXECUTOR: str
     config: DictConfig | None
     hydra_context: HydraContext | None
+
+    def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
+        super().__init__(**params)  # type: ignore[call-arg]
+        if int(jobs_per_task) < 1:
+            raise ValueError(f"hydra.launcher.jobs_per_task={jobs_per_task}: use 1 or more")
+        self.jobs_per_task = int(jobs_per_task)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -63,30 +95,39 @@ class WaitForEveryJob:
         import submitit
 
         map_array = submitit.AutoExecutor.map_array
+        size = self.jobs_per_task
 
         def watched_map_array(executor: Any, fn: Any, *iterables: Sequence[Any]) -> list[Any]:
-            jobs = map_array(executor, fn, *iterables)
-            overrides, nums = iterables[0], iterables[2]  # (overrides, dir key, num, id, state)
-            return [
-                WatchedJob(job, self, job_args, num)
-                for job, job_args, num in zip(jobs, overrides, nums, strict=True)
+            # iterables: per job (overrides, dir key, num, id, singleton state)
+            members = [(list(o), num) for o, num in zip(iterables[0], iterables[2], strict=True)]
+            packs = [members[i : i + size] for i in range(0, len(members), size)]
+            if size == 1:
+                tasks = map_array(executor, fn, *iterables)
+            else:
+                log.info("%d jobs in %d array tasks of up to %d", len(members), len(packs), size)
+                state = [iterables[4][0]] * len(packs)
+                tasks = map_array(executor, PackedTask(fn), packs, state)
+            watched = [
+                WatchedTask(task, self, pack, packed=size > 1)
+                for task, pack in zip(tasks, packs, strict=True)
             ]
+            return [WatchedJob(task, i) for task in watched for i in range(len(task.members))]
 
         with mock.patch.object(submitit.AutoExecutor, "map_array", watched_map_array):
             return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
 
-    def dead_job(self, watched: WatchedJob, error: Exception) -> JobReturn:
-        """The `JobReturn` of a job that ended without a result; logs why."""
-        job = watched.job
-        job_dir = self.job_dir(watched.overrides, watched.num, job.job_id)
+    def dead_job(self, job: Any, overrides: list[str], num: int, error: Exception) -> JobReturn:
+        """The `JobReturn` of sweep job `num` of array task `job`, which ended without a
+        result; logs why."""
+        job_dir = self.job_dir(overrides, num, job.job_id)
         hydra_dir = job_dir / ".hydra"
         if not hydra_dir.is_dir():  # never started: give the end-of-sweep summary a folder
             hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(watched.overrides), hydra_dir / "overrides.yaml")
+            OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
         where = "SLURM job" if self._EXECUTOR == "slurm" else f"{self._EXECUTOR} job"
         log.error(
             "job #%d (%s %s) died: state %s, %s; job folder %s; submitit log %s",
-            watched.num,
+            num,
             where,
             job.job_id,
             job.state,
@@ -96,7 +137,7 @@ class WaitForEveryJob:
         )
         assert self.config is not None
         return JobReturn(
-            overrides=watched.overrides,
+            overrides=overrides,
             working_dir=str(job_dir),
             task_name=self.config.hydra.job.name,
             status=JobStatus.COMPLETED,

@@ -1,0 +1,155 @@
+"""Sweep jobs in two halves, for the launchers that run several jobs as one batch.
+
+`JobHalves.open` sets a job up as Hydra's `run_job` does (its folder, `.hydra` files, log,
+callbacks) and runs `stylelab.run.job_steps` up to its synthesis (`Job.request`, a `BatchJob`);
+`stylelab.engine.batch.run_batch` runs the syntheses of several jobs together; `JobHalves.close`
+hands each job its outcome (it writes its results, finishes its W&B run) and returns its
+`JobReturn`. Used by `hydra/launcher=batched` and by packed SLURM tasks
+(`hydra.launcher.jobs_per_task`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    _save_config,
+    configure_log,
+    env_override,
+)
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from stylelab.engine.batch import BatchJob, Outcome, run_batch
+from stylelab.engine.observers import ProgressBar
+
+
+class Job:
+    """A sweep job between its two halves: set up, waiting for its batch, then reported.
+
+    (Plain classes here: Hydra's plugin scan loads this module in a way dataclasses cannot.)
+    """
+
+    def __init__(self, num: int, config: DictConfig, result: JobReturn):
+        self.num, self.config, self.result = num, config, result
+        self.steps: Any = None  # stylelab.runner.JobSteps[float]
+        self.request: BatchJob | None = None  # its synthesis, until it has run
+        self.outcome: Any = None
+        self.done = False
+
+
+class JobHalves:
+    """Opens and closes the jobs of one sweep (`sweep_config`) in this process."""
+
+    def __init__(
+        self, hydra_context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction
+    ):
+        self.hydra_context, self.sweep_config = hydra_context, sweep_config
+        self.task_function = task_function
+
+    def open(self, config: DictConfig) -> Job:
+        """Set the job of `config` (its sweep config, `hydra.job.num` and `id` set) up as
+        Hydra's `run_job` does, then run it to its synthesis."""
+        num = int(config.hydra.job.num)
+        HydraConfig.instance().set_config(config)
+        output_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+        HydraConfig.instance().set_config(config)
+        result = JobReturn()
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        result.cfg, result.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
+        result.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        result.working_dir = os.getcwd()
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if config.hydra.output_subdir is not None:
+            hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+            _save_config(task_cfg, "config.yaml", hydra_output)
+            _save_config(result.hydra_cfg, "hydra.yaml", hydra_output)
+            _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+        from stylelab.run import job_steps
+
+        job = Job(num, config, result)
+        try:
+            with env_override(result.hydra_cfg.hydra.job.env_set):
+                self.hydra_context.callbacks.on_job_start(
+                    config=config, task_function=self.task_function
+                )
+                job.steps = job_steps(task_cfg)
+                advance(job, None)
+        finally:
+            self._sweep_logging()
+        return job
+
+    def close(self, job: Job) -> JobReturn:
+        """The job's second half (its results, W&B finish, return value), in its Hydra context."""
+        HydraConfig.instance().set_config(job.config)
+        configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
+        try:
+            with env_override(job.result.hydra_cfg.hydra.job.env_set):
+                while not job.done:
+                    if job.request is not None and job.outcome is None:  # a second synthesis
+                        job.outcome = outcome_of(job.request)
+                    outcome, job.outcome = job.outcome, None
+                    advance(job, outcome)
+            job.result.task_name = JobRuntime.instance().get("name")
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            self.hydra_context.callbacks.on_job_end(config=job.config, job_return=job.result)
+            return job.result
+        finally:
+            self._sweep_logging()
+
+    def _sweep_logging(self) -> None:
+        configure_log(self.sweep_config.hydra.hydra_logging, self.sweep_config.hydra.verbose)
+
+
+def advance(job: Job, outcome: Outcome | None) -> None:
+    """Send the job its synthesis's outcome: it yields its synthesis or ends."""
+    try:
+        if isinstance(outcome, BaseException):
+            job.request = job.steps.throw(outcome)
+        else:
+            job.request = job.steps.send(outcome)
+    except StopIteration as stop:
+        job.request, job.done = None, True
+        job.result.return_value, job.result.status = stop.value, JobStatus.COMPLETED
+    except Exception as error:  # as run_job: the sweep goes on, the job reports FAILED
+        job.request, job.done = None, True
+        job.result.return_value, job.result.status = error, JobStatus.FAILED
+
+
+def show_progress(batch: Sequence[Job], label: str) -> None:
+    """One progress bar for the batch (on its first job) instead of one per job."""
+    first = batch[0].request
+    assert first is not None
+    first.observers = [*first.observers, ProgressBar(label)]
+
+
+def run_together(batch: Sequence[Job]) -> None:
+    """Run the jobs' syntheses as one batch; each job gets its outcome."""
+    try:
+        outcomes = run_batch([job.request for job in batch])  # type: ignore[misc]
+    except Exception as error:  # the batch as a whole could not run: each job says why
+        outcomes = [error] * len(batch)
+    for job, outcome in zip(batch, outcomes, strict=True):
+        job.outcome = outcome
+
+
+def outcome_of(request: BatchJob) -> Outcome:
+    try:
+        return request.run()
+    except Exception as error:
+        return error

@@ -1,0 +1,95 @@
+"""Several sweep jobs in one submitit array task, run as one batch (`jobs_per_task`).
+
+Each job is set up as in a task of its own (its folder, `.hydra` files, log, W&B run), then the
+jobs that can share a batch (`stylelab.runner.batch_key`) run together through one VGG
+(`batch_jobs`), and each job reports its own result. On a stop signal every job checkpoints
+and the task is requeued once; the requeued task resumes each job from its own checkpoint and
+returns the results of the jobs that had already ended as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, setup_globals
+from omegaconf import open_dict
+
+from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, run_together, show_progress
+from stylelab import runner
+from stylelab.factory import sharing_vgg
+from stylelab.signals import Interrupted, stop_on_signals
+from stylelab.slurm import one_requeue, submitit_requeue
+
+log = logging.getLogger(__name__)
+Member = tuple[list[str], int]  # a sweep job's overrides and number
+
+
+class PackedTask:
+    """The function of a packed array task: `launcher`'s jobs `members`, batched together."""
+
+    def __init__(self, launcher: Any):
+        self.launcher = launcher
+        self.done: dict[int, JobReturn] = {}  # jobs that ended (a requeued task keeps them)
+
+    def __call__(self, members: Sequence[Member], singleton_state: dict) -> list[JobReturn]:
+        import submitit
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        launcher = self.launcher
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+        task_id = submitit.JobEnvironment().job_id
+        todo = [(overrides, num) for overrides, num in members if num not in self.done]
+        log.info(
+            "array task %s runs jobs %s (%s)", task_id, ", ".join(f"#{num}" for _, num in members),
+            f"{len(todo)} to run" if len(todo) < len(members) else "all to run",
+        )  # fmt: skip
+        halves = JobHalves(launcher.hydra_context, launcher.config, launcher.task_function)
+        waiting: dict[int, JobReturn] = {}  # interrupted jobs, returned if not requeued
+        runner.progress_bars = False  # one bar per batch
+        try:
+            with stop_on_signals(), sharing_vgg(), one_requeue() as requests:
+                batches: dict[tuple, list[Job]] = {}
+                for overrides, num in todo:
+                    config = launcher.hydra_context.config_loader.load_sweep_config(
+                        launcher.config, list(overrides)
+                    )
+                    with open_dict(config.hydra.job):
+                        config.hydra.job.id, config.hydra.job.num = task_id, num
+                    job = halves.open(config)
+                    if job.request is None:
+                        self._report(halves, job, requests, waiting)
+                    else:
+                        batches.setdefault(job.request.key, []).append(job)
+                for batch in batches.values():
+                    log.info(
+                        "batch of %d: jobs %s", len(batch), ", ".join(f"#{j.num}" for j in batch)
+                    )
+                    show_progress(batch, f"batch of {len(batch)}")
+                    run_together(batch)
+                    for job in batch:
+                        self._report(halves, job, requests, waiting)
+        finally:
+            runner.progress_bars = True
+        if requests:  # requeues this task and exits, unless SLURM or submitit decline
+            submitit_requeue(requests[0])
+        return [self.done.get(num) or waiting[num] for _, num in members]
+
+    def _report(
+        self, halves: JobHalves, job: Job, requests: list[Interrupted], waiting: dict
+    ) -> None:
+        asked = len(requests)
+        result = halves.close(job)
+        if len(requests) > asked:  # interrupted: the requeued task resumes it
+            waiting[job.num] = result
+        else:
+            self.done[job.num] = result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Resubmit this task (with the jobs that ended) when submitit requeues it."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
