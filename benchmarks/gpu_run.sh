@@ -16,3 +16,8 @@ timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/bench.py --device cuda --out 
 echo "bench rc=$?"
 grep -v "RANDOM VGG\|content .*style .*device\|W&B is offline" "$OUT/bench.err" | tail -30
 python3 benchmarks/summary.py "$OUT/bench.json"
+timeout "${SWEEP_TIMEOUT:-300}" python3 -m benchmarks.sweep --device cuda --size 256 --steps 300 \
+  --logger none >"$OUT/sweep.txt" 2>&1
+echo "sweep rc=$?"
+tail -6 "$OUT/sweep.txt"
+cp benchmarks/results/cuda-sweep-256.json "$OUT/" 2>/dev/null

@@ -160,3 +160,21 @@ def test_a_stop_request_interrupts_every_job_at_the_same_step() -> None:
     assert [o.step for o in resumed] == [20, 20]
     for cfg, observer in zip(cfgs, rows, strict=True):
         assert_same_rows(observer.rows, [r for r in alone(cfg) if r["step"] >= 11])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_captured_batched_step_matches_the_eager_one() -> None:
+    cuda = ["device=cuda", "steps=12", "batch_invariant=false"]
+    cfgs = [config(*cuda, *job) for job in VARIED[:2]]
+    runs = []
+    for graph in (False, True):
+        with sharing_vgg():
+            built = [build_synthesis(cfg) for cfg in cfgs]
+        for b in built:
+            b.synthesis.optim.cuda_graph = graph
+        observers = [Rows() for _ in cfgs]
+        jobs = [BatchJob(b.synthesis, [o]) for b, o in zip(built, observers, strict=True)]
+        run_batch(jobs, cuda_graph=graph)
+        runs.append(observers)
+    for eager, captured in zip(*runs, strict=True):
+        assert_same_rows(captured.rows, eager.rows, rel=1e-4)
