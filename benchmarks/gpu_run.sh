@@ -20,4 +20,4 @@ timeout "${SWEEP_TIMEOUT:-300}" python3 -m benchmarks.sweep --device cuda --size
   --logger none >"$OUT/sweep.txt" 2>&1
 echo "sweep rc=$?"
 tail -6 "$OUT/sweep.txt"
-cp benchmarks/results/cuda-sweep-256.json "$OUT/" 2>/dev/null
+cp benchmarks/results/cuda-sweep-256-none.json "$OUT/" 2>/dev/null

@@ -123,7 +123,7 @@ def main() -> None:
         "engine_speedup": single / together,
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{args.device.split(':')[0]}-sweep-{args.size}.json"
+    out = RESULTS / f"{args.device.split(':')[0]}-sweep-{args.size}-{args.logger}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"| {args.jobs} jobs x {args.steps} steps, {args.size} px, {args.device}, "
           f"logger={args.logger} | basic | batched | speedup |")  # fmt: skip
