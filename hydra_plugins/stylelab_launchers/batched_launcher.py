@@ -21,15 +21,13 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import open_dict
 
 from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, run_together, show_progress
-from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
+from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher, job_config
 from stylelab import runner
-from stylelab.callbacks import SweepJobs
 from stylelab.factory import sharing_vgg
 from stylelab.signals import stop_on_signals
 
@@ -59,14 +57,7 @@ class BatchedLauncher(SequentialLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = SweepJobs(sweep_dir)
-        numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        jobs.plan(numbered)
+        jobs, numbered = self.plan(job_overrides, initial_job_idx)
         log.info(
             "Launching %d jobs in batches of up to %d on %s", len(numbered), self.batch_size,
             ", ".join(d or "the configured device" for d in self.devices),
@@ -120,9 +111,8 @@ class BatchedLauncher(SequentialLauncher):
         """Set the job up as Hydra's `run_job` does, then run it to its synthesis."""
         assert self.hydra_context is not None and self.config is not None
         log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        config = job_config(self.hydra_context, self.config, overrides, num)
         with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = num
             if device is not None and (self.explicit or config.get("device") == "auto"):
                 config.device = device
         return self.halves.open(config)

@@ -15,9 +15,9 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, setup_globals
-from omegaconf import open_dict
 
 from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, run_together, show_progress
+from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 from stylelab import runner
 from stylelab.factory import sharing_vgg
 from stylelab.signals import Interrupted, stop_on_signals
@@ -54,11 +54,9 @@ class PackedTask:
             with stop_on_signals(), sharing_vgg(), one_requeue() as requests:
                 batches: dict[tuple, list[Job]] = {}
                 for overrides, num in todo:
-                    config = launcher.hydra_context.config_loader.load_sweep_config(
-                        launcher.config, list(overrides)
+                    config = job_config(
+                        launcher.hydra_context, launcher.config, overrides, num, task_id
                     )
-                    with open_dict(config.hydra.job):
-                        config.hydra.job.id, config.hydra.job.num = task_id, num
                     job = halves.open(config)
                     if job.request is None:
                         self._report(halves, job, requests, waiting)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
-from omegaconf import open_dict
+from hydra.types import HydraContext
+from omegaconf import DictConfig, open_dict
 
 from stylelab.callbacks import SweepJobs
 from stylelab.signals import stop_on_signals
@@ -31,14 +32,7 @@ class SequentialLauncher(BasicLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = SweepJobs(sweep_dir)
-        numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        jobs.plan(numbered)
+        jobs, numbered = self.plan(job_overrides, initial_job_idx)
         log.info("Launching %d jobs locally", len(numbered))
         runs: list[JobReturn] = []
         with stop_on_signals() as received:
@@ -54,13 +48,26 @@ class SequentialLauncher(BasicLauncher):
                 self.stop(jobs, received[0])
         return runs
 
+    def plan(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> tuple[SweepJobs, list[tuple[int, list[str]]]]:
+        """Set up Hydra's logging and the sweep folder; number the jobs and record them in
+        `<sweep dir>/jobs.json`."""
+        setup_globals()
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = SweepJobs(sweep_dir)
+        numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        jobs.plan(numbered)
+        return jobs, numbered
+
     def run_one(self, num: int, overrides: list[str]) -> JobReturn:
         assert self.hydra_context is not None and self.config is not None
         assert self.task_function is not None
         log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = sweep_config.hydra.job.num = num
+        sweep_config = job_config(self.hydra_context, self.config, overrides, num)
         try:
             return run_job(
                 hydra_context=self.hydra_context,
@@ -78,3 +85,19 @@ class SequentialLauncher(BasicLauncher):
         jobs.stopped(signum)
         self.hydra_context.callbacks.on_multirun_end(config=self.config)
         sys.exit(128 + signum)  # reached only without stylelab's SweepSummary callback
+
+
+def job_config(
+    hydra_context: HydraContext,
+    config: DictConfig,
+    overrides: Sequence[str],
+    num: int,
+    job_id: str | int | None = None,
+) -> DictConfig:
+    """The composed config of sweep job `num` (`hydra.job.num`; `hydra.job.id`: `job_id`,
+    by default the number)."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.num = num
+        sweep_config.hydra.job.id = num if job_id is None else job_id
+    return sweep_config

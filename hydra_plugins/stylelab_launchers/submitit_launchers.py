@@ -27,9 +27,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
+from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -148,9 +149,7 @@ class WaitForEveryJob:
         """The job's output folder, as Hydra computes it inside the job."""
         assert self.config is not None and self.hydra_context is not None
         with contextlib.suppress(Exception):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg.hydra.job):
-                cfg.hydra.job.num, cfg.hydra.job.id = num, job_id
+            cfg = job_config(self.hydra_context, self.config, overrides, num, job_id)
             return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
         return Path(str(self.config.hydra.sweep.dir)) / str(num)
 
