@@ -19,6 +19,7 @@ import torch
 
 from stylelab.config import Config, mask_sources, style_sources, validate
 from stylelab.engine.batch import BatchJob
+from stylelab.engine.images import long_side_size
 from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.errors import StyleLabError
@@ -173,7 +174,8 @@ def batch_key(cfg: Config, built: Built, checkpoint: dict | None) -> tuple:
     """Jobs with equal keys can run in one batch: the same image shapes at every stage, stages,
     optimiser kind, numerics, device, VGG and (resumed) starting point."""
     stages = built.synthesis.stages
-    shapes = [tuple(built.images(stage.size)[0].shape) for stage in stages]
+    content = built.images.sources.content.size  # (width, height) as loaded, before resizing
+    shapes = [long_side_size(*content, stage.size) for stage in stages]
     start = (checkpoint["stage"], checkpoint["synthesis"]["step"]) if checkpoint else (0, 0)
     return (
         tuple((stage.size, stage.steps) for stage in stages), tuple(shapes), cfg.optim.name,

@@ -107,11 +107,17 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageError(f"{path} is truncated or corrupt ({error}): replace the file") from None
 
 
+def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the longer side `size` pixels, keeping the aspect ratio."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def resize_long_side(image: Image.Image, size: int) -> Image.Image:
     """Resize so that the longer side is `size` pixels, keeping the aspect ratio."""
     width, height = image.size
     scale = size / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    new_size = long_side_size(width, height, size)
     if new_size == image.size:
         return image
     if scale < 0.5:
