@@ -22,6 +22,7 @@ from stylelab.engine.batch import BatchJob
 from stylelab.engine.images import long_side_size
 from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
+from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis, vgg_key
 from stylelab.outputs import FINAL_IMAGE, RunFolder
@@ -207,7 +208,7 @@ def summarize(result: Result, built: Built, cfg: Config, folder: RunFolder) -> d
     seconds = result.seconds
     return {
         "status": "finished",
-        **{f"final/{k}": v for k, v in row.items() if k not in ("step", "stage", "size")},
+        **{f"final/{k}": v for k, v in row.items() if k not in ("step", "stage", "size", TRIAL)},
         "steps": result.step,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -67,3 +68,24 @@ def test_tolerance_ends_the_run_and_says_so(tmp_path: Path) -> None:
     assert summary["status"] == "finished" and summary["steps"] < 200
     assert "converged" in summary["stopped_early"]
     assert "stopped early at step" in (run_dir / "run.log").read_text()
+
+
+def test_line_search_logs_its_iterate_and_every_trial(tmp_path: Path) -> None:
+    # The regression fixture's run: one trial (step 13) is rejected by the Armijo search.
+    run_dir = run_dir_of(tmp_path, "image_size=48", "steps=15", "seed=3", "layers=approach2",
+                         "log.image_every=1")  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
+    totals = [row["total"] for row in rows]
+    assert all(b <= a for a, b in itertools.pairwise(totals))  # never rises
+    rejected = [row["step"] for row in rows if row["trial/total"] > row["total"]]
+    assert rejected, "no trial was rejected: the test no longer covers the line search"
+    step = rejected[0]
+    assert rows[step]["total"] == rows[step - 1]["total"]  # the iterate stayed where it was
+    frame = [
+        np.asarray(Image.open(run_dir / "frames" / f"step_{s:06d}.png")) for s in (step, step + 1)
+    ]
+    assert np.array_equal(*frame)  # frames show the iterate, not the rejected trial
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (
+        summary["final/total"] == pytest.approx(min(totals)) and "final/trial/total" not in summary
+    )

@@ -19,7 +19,7 @@ import torch
 from stylelab.engine.images import tensor_to_uint8
 from stylelab.engine.objective import Objective
 from stylelab.engine.schedule import Stage
-from stylelab.engine.synthesis import Synthesizer, upsample
+from stylelab.engine.synthesis import TRIAL, Synthesizer, upsample
 
 Row = dict[str, float]
 # size -> (content, [styles]) on the device, resized for a stage of that size
@@ -36,6 +36,12 @@ StageMasks = Callable[
     [torch.Tensor, list[torch.Tensor]],
     tuple[list[torch.Tensor] | None, list[torch.Tensor | None] | None],
 ]
+
+
+def evaluated(row: Row) -> float:
+    """The total of the point a row's step evaluated (a line search logs its iterate's as
+    `total` and the point's as `trial/total`)."""
+    return row.get(TRIAL, row["total"])
 
 
 @dataclass
@@ -87,7 +93,8 @@ class Observer:
         """Finite loss rows in step order: `step`, `stage`, `size` and the objective's names."""
 
     def on_nonfinite(self, row: Row) -> None:
-        """The first row whose total is NaN or infinite (rows after it are dropped)."""
+        """The first row whose evaluated total is NaN or infinite (it and the rows after it are
+        dropped)."""
 
     def on_checkpoint(self, state: dict[str, Any]) -> None:
         """The full state after every row so far was given to `on_losses`."""
@@ -288,7 +295,7 @@ class _Run:
             }
             for row in self.buffer.flush()
         ]
-        bad = next((i for i, row in enumerate(rows) if not math.isfinite(row["total"])), None)
+        bad = next((i for i, row in enumerate(rows) if not math.isfinite(evaluated(row))), None)
         good = rows if bad is None else rows[:bad]
         if good:
             self.notify("on_losses", good)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from stylelab.engine.loop import Observer, Result, Row, Synthesis
+from stylelab.engine.loop import Observer, Result, Row, Synthesis, evaluated
 from stylelab.engine.schedule import Stage
 from stylelab.errors import DivergenceError
 
@@ -76,7 +76,7 @@ class NonFiniteGuard(Observer):
         assert self.last_finite is not None and self.synthesis is not None
         path = self.save(self.synthesis.presented(self.last_finite))
         raise DivergenceError(
-            f"the loss became {row['total']} at step {row['step']}: the last finite image is in "
+            f"the loss became {evaluated(row)} at step {row['step']}: the last finite image is in "
             f"{path}; lower optim.lr or the loss weights, or use precision=fp32"
         )
 

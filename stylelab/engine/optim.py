@@ -25,11 +25,14 @@ trial is projected onto the box, and the Armijo test and the stored pair s use t
 actually taken. So the direction is a descent direction for the free coordinates and is not
 spent pushing pixels against the clamp (which made unprojected trials fail, issue 15).
 
-A new direction's first trial is lr, but at most twice the step just accepted (and, with
-bounds, moving no coordinate further than the box is wide); where the loss curves down
-(s.y <= eps, no pair stored) it may grow past lr. Without that, backtracking alone can only
-shrink: on random-weight style losses the first pairs have negative curvature and the search
-was plain gradient descent at step lr (loss falling 0.5% per evaluation, issue 15).
+A new direction's first trial is lr, but at most twice the step just accepted; where the loss
+curves down (s.y <= eps, no pair stored) it may grow past lr (with bounds, moving no coordinate
+further than the box is wide). Without that, backtracking alone can only shrink: on
+random-weight style losses the first pairs have negative curvature and the search was plain
+gradient descent at step lr (loss falling 0.5% per evaluation, issue 15).
+
+The Synthesizer logs the iterate (the last accepted point: its total never rises) and, as
+`trial/total`, the total of every point evaluated, and keeps the best accepted image.
 """
 
 from __future__ import annotations
@@ -250,17 +253,20 @@ class LBFGS:
         self, direction: torch.Tensor, taken: torch.Tensor, paired: torch.Tensor
     ) -> torch.Tensor:
         """First trial along a new direction: twice as long as the step just accepted, at most
-        `lr` unless the step's curvature pair was not stored (`paired` false: s.y <= eps, the
-        loss curved down, the quasi-Newton scale says nothing and lr would be plain gradient
-        descent at step lr), and (with bounds) moving no coordinate further than the box is wide. The projected
-        direction is often badly scaled (|d| ~ 1e4 on pixels in [0, 1]); starting every search
-        at lr then costs several rejected trials per step."""
+        `lr`. The projected direction is often badly scaled (|d| ~ 1e4 on pixels in [0, 1]);
+        starting every search at lr then costs several rejected trials per step.
+
+        Where the step's curvature pair was not stored (`paired` false: s.y <= eps, the loss
+        curved down) the quasi-Newton scale says nothing and lr would be plain gradient descent
+        at step lr, so the trial may grow past lr, but (with bounds) moves no coordinate further
+        than the box is wide. That cap is for this unbounded growth only: on quasi-Newton steps
+        it halved the progress on the offline problems (issue 15)."""
         grow = 2 * taken / direction.norm().clamp_min(1e-30)
-        full = torch.where(paired, grow.clamp(max=self.lr), grow)
-        if self.bounds is None:
-            return full
-        width = self.bounds[1] - self.bounds[0]
-        return torch.minimum(full, width / direction.abs().amax().clamp_min(1e-30))
+        if self.bounds is not None:
+            width = self.bounds[1] - self.bounds[0]
+            widest = width / direction.abs().amax().clamp_min(1e-30)
+            return torch.where(paired, grow.clamp(max=self.lr), torch.minimum(grow, widest))
+        return torch.where(paired, grow.clamp(max=self.lr), grow)
 
     def _search_step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
         accept, slope = self._armijo(flat, loss)

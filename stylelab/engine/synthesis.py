@@ -94,6 +94,7 @@ class BestIterate:
 
 
 _BEST_KEYS = ("image", "total", "index", "count")
+TRIAL = "trial/total"  # with a line search: the total of the point evaluated (maybe rejected)
 
 
 class AveragedImage:
@@ -171,6 +172,7 @@ class Synthesizer:
         self.step_count = first_step
         self.keys: list[str] = []
         self.best = BestIterate(self.image)
+        self.iterate_terms: torch.Tensor | None = None  # line search: the accepted point's terms
         self.average = AveragedImage(self.image, ema) if ema else None
         self.graph = GraphedStep(self._step) if use_graph else None
 
@@ -198,17 +200,38 @@ class Synthesizer:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
         return self.update(*self.evaluate())
 
+    @property
+    def searching(self) -> bool:
+        """Whether the optimiser has a line search (it may reject the point just evaluated)."""
+        return getattr(self.optimizer, "line_search", "none") != "none"
+
     def update(self, terms: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
         """Take the step for the evaluated `terms` and `grad` (in place, no host sync); returns
-        the terms stacked in one tensor (`record` turns it back into a dict)."""
-        self.best.update(terms["total"], self.image)  # the image just evaluated
+        the terms stacked in one tensor (`record` turns it back into a dict).
+
+        With a line search the terms returned are the iterate's (the last accepted point, whose
+        total never rises) and `trial/total` is the total of the point just evaluated; the best
+        image is the best accepted one. Otherwise every point evaluated is the iterate.
+        """
+        evaluated = torch.stack([value.float() for value in terms.values()])
+        self.keys = list(terms)
+        if not self.searching:
+            self.best.update(terms["total"], self.image)  # the image just evaluated
         self.optimizer.step(grad, terms["total"])
         with torch.no_grad():
             self.image.clamp_(0, 1)
             if self.average is not None:
                 self.average.update(self.image)
-        self.keys = list(terms)
-        return torch.stack([value.float() for value in terms.values()])
+        if not self.searching:
+            return evaluated
+        accepted = self.optimizer.accepted
+        total = evaluated[self.keys.index("total")]
+        self.best.update(torch.where(accepted, total, torch.inf), self.optimizer.iterate)
+        if self.iterate_terms is None:  # the first point evaluated is always accepted
+            self.iterate_terms = evaluated.clone()
+        self.iterate_terms.copy_(torch.where(accepted, evaluated, self.iterate_terms))
+        self.keys.append(TRIAL)
+        return torch.cat([self.iterate_terms, total[None]])
 
     def step(self) -> dict[str, torch.Tensor]:
         """Evaluate, update the image, keep pixels in [0, 1]; returns the evaluated loss terms.
@@ -224,8 +247,13 @@ class Synthesizer:
 
     @property
     def display_image(self) -> torch.Tensor:
-        """What frames show: the averaged image with `ema`, else the current iterate."""
-        return self.average.value(self.image) if self.average is not None else self.image
+        """What frames show: the averaged image with `ema`, else the current iterate (with a
+        line search the last accepted point, not the trial about to be evaluated)."""
+        if self.average is not None:
+            return self.average.value(self.image)
+        if self.searching:
+            return torch.where(self.optimizer.steps > 0, self.optimizer.iterate, self.image)
+        return self.image
 
     def output_image(self, keep: str = "last") -> torch.Tensor:
         """The result: the averaged image with `ema`; else the best evaluated iterate for
@@ -243,6 +271,7 @@ class Synthesizer:
             "step": self.step_count,
             "best": self.best.state_dict(),
             "ema": self.average.state_dict() if self.average is not None else None,
+            "iterate_terms": None if self.iterate_terms is None else self.iterate_terms.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -254,6 +283,12 @@ class Synthesizer:
             self.best.load_state_dict(state["best"])
         if self.average is not None and state.get("ema") is not None:
             self.average.load_state_dict(state["ema"])
+        if state.get("iterate_terms") is not None:
+            terms = state["iterate_terms"].to(self.image.device)
+            if self.iterate_terms is None:
+                self.iterate_terms = terms.clone()
+            else:
+                self.iterate_terms.copy_(terms)
         if self.graph is not None:  # Adam replaces its state tensors: capture again
             self.graph.reset()
 
