@@ -89,3 +89,28 @@ def test_line_search_logs_its_iterate_and_every_trial(tmp_path: Path) -> None:
     assert (
         summary["final/total"] == pytest.approx(min(totals)) and "final/trial/total" not in summary
     )
+
+
+def test_resume_just_before_a_rejected_trial_logs_the_same_iterate() -> None:
+    """The iterate's terms travel in the checkpoint: a run resumed right before a rejected
+    trial logs the same rows as the run that went straight through."""
+    from stylelab.factory import build_synthesis
+    from tests.test_open_engine import tiny_config
+
+    def synthesis():
+        cfg = tiny_config(image_size=40, steps=20, seed=3)
+        cfg.log.flush_every, cfg.optim.lr = 1, 4.0  # first trials of 4: some are rejected
+        return build_synthesis(cfg).synthesis
+
+    straight = Rows()
+    synthesis().run([straight])
+    rejected = [row["step"] for row in straight.rows if row["trial/total"] > row["total"]]
+    assert rejected, "no trial was rejected: the test no longer covers the line search"
+    first = Rows()  # asked after each step, before that step's row is flushed:
+    stopped = synthesis().run([first], should_stop=lambda: len(first.rows) >= rejected[0] - 1)
+    assert stopped.step == rejected[0]  # the rejected trial is the first step resumed
+    rest = Rows()
+    synthesis().run([rest], resume=first.states[-1])
+    assert [row["step"] for row in first.rows + rest.rows] == list(range(20))
+    for got, want in zip(first.rows + rest.rows, straight.rows, strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
