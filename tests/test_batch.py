@@ -162,6 +162,20 @@ def test_a_stop_request_interrupts_every_job_at_the_same_step() -> None:
         assert_same_rows(observer.rows, [r for r in alone(cfg) if r["step"] >= 11])
 
 
+def test_a_stop_request_arriving_between_two_jobs_stops_them_at_one_step() -> None:
+    cfgs = [config("steps=12", "optim=adam", f"optim.lr={lr}") for lr in (0.01, 0.02)]
+    with sharing_vgg():
+        built = [build_synthesis(cfg) for cfg in cfgs]
+    asked = iter(range(1000))
+    # A signal landing while the batch asks its jobs: the 8th question (the second job's at
+    # step 4) is the first answered yes; asking each job for itself stopped the second job a
+    # step before the first.
+    jobs = [BatchJob(b.synthesis, [], lambda: next(asked) >= 7) for b in built]
+    outcomes = run_batch(jobs)
+    assert [o.status for o in outcomes] == ["interrupted", "interrupted"]
+    assert outcomes[0].step == outcomes[1].step < 12
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_captured_batched_step_matches_the_eager_one() -> None:
     cuda = ["device=cuda", "steps=12", "batch_invariant=false"]

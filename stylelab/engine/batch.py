@@ -209,9 +209,13 @@ def _lockstep(members: list[_Member], cuda_graph: bool | None) -> None:
                     member.fail(error)
             if any(m.outcome is not None for m in active):
                 break
-            for member, terms in zip(active, step(), strict=True):
+            results = step()
+            # One decision for the whole batch: a stop request arriving while the jobs are
+            # asked one by one would otherwise stop some a step before the others.
+            stop = any(member.job.should_stop() for member in active)
+            for member, terms in zip(active, results, strict=True):
                 try:
-                    if not member.run.after_step(terms):
+                    if not member.run.after_step(terms, stop):
                         member.outcome = member.run.end("interrupted")
                 except Exception as error:
                     member.fail(error)

@@ -270,12 +270,13 @@ class _Run:
             frame = self.synthesis.presented(self.synth.display_image)
             self.notify("on_frame", step, tensor_to_uint8(frame))
 
-    def after_step(self, terms: dict[str, torch.Tensor]) -> bool:
+    def after_step(self, terms: dict[str, torch.Tensor], stop: bool | None = None) -> bool:
         """Buffer the step's `terms`, flush and checkpoint when due; False once stopped (after a
-        checkpoint). Observers' errors (a non-finite loss) propagate."""
+        checkpoint). `stop`: already decided (a batch decides once for all its jobs), else
+        `should_stop()` is asked. Observers' errors (a non-finite loss) propagate."""
         loop, synth, stage = self.synthesis.loop, self.synth, self.current_stage
         self.buffer.add(synth.step_count - 1, terms)
-        stop = self.should_stop()
+        stop = self.should_stop() if stop is None else stop
         if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
             self.flush(stage)
         if stop:
