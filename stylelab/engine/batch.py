@@ -124,7 +124,7 @@ class _Member:
 
     def __init__(self, job: BatchJob):
         self.job = job
-        self.run = _Run(job.synthesis, list(job.observers), job.should_stop)
+        self.run = _Run(job.synthesis, list(job.observers))
         self.stage = int(job.resume.get("stage", 0)) - 1 if job.resume else -1  # last entered
         self.entered = False
         self.outcome: Outcome | None = None

@@ -175,13 +175,14 @@ class Synthesis:
     ) -> Result:
         """Run every stage (from `resume`, a `state_dict()`, if given); stops early, with a
         checkpoint, once `should_stop()` is true between two steps."""
-        run = _Run(self, list(observers), should_stop)
+        run = _Run(self, list(observers))
         first = int(resume.get("stage", 0)) if resume else 0
         for index in range(first, len(self.stages)):
             run.start_stage(index, resume if index == first else None)
             while not run.stage_done():
                 run.before_step()
-                if not run.after_step(self.synth.step()):  # type: ignore[union-attr]
+                terms = self.synth.step()  # type: ignore[union-attr]
+                if not run.after_step(terms, should_stop()):
                     return run.end("interrupted")
         return run.end("finished")
 
@@ -229,8 +230,8 @@ class Synthesis:
 class _Run:
     """The bookkeeping of one `Synthesis.run`: buffer, flushes, checkpoints, timing."""
 
-    def __init__(self, synthesis: Synthesis, observers: list[Observer], should_stop):
-        self.synthesis, self.observers, self.should_stop = synthesis, observers, should_stop
+    def __init__(self, synthesis: Synthesis, observers: list[Observer]):
+        self.synthesis, self.observers = synthesis, observers
         self.buffer = LossBuffer()
         self.last_row: Row = {}
         self.started = time.perf_counter()
@@ -270,13 +271,12 @@ class _Run:
             frame = self.synthesis.presented(self.synth.display_image)
             self.notify("on_frame", step, tensor_to_uint8(frame))
 
-    def after_step(self, terms: dict[str, torch.Tensor], stop: bool | None = None) -> bool:
-        """Buffer the step's `terms`, flush and checkpoint when due; False once stopped (after a
-        checkpoint). `stop`: already decided (a batch decides once for all its jobs), else
-        `should_stop()` is asked. Observers' errors (a non-finite loss) propagate."""
+    def after_step(self, terms: dict[str, torch.Tensor], stop: bool) -> bool:
+        """Buffer the step's `terms`, flush and checkpoint when due; with `stop` (decided by the
+        caller: a batch decides once for all its jobs) checkpoint and return False. Observers'
+        errors (a non-finite loss) propagate."""
         loop, synth, stage = self.synthesis.loop, self.synth, self.current_stage
         self.buffer.add(synth.step_count - 1, terms)
-        stop = self.should_stop() if stop is None else stop
         if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
             self.flush(stage)
         if stop:

@@ -262,11 +262,11 @@ class LBFGS:
         than the box is wide. That cap is for this unbounded growth only: on quasi-Newton steps
         it halved the progress on the offline problems (issue 15)."""
         grow = 2 * taken / direction.norm().clamp_min(1e-30)
+        unpaired = grow
         if self.bounds is not None:
             width = self.bounds[1] - self.bounds[0]
-            widest = width / direction.abs().amax().clamp_min(1e-30)
-            return torch.where(paired, grow.clamp(max=self.lr), torch.minimum(grow, widest))
-        return torch.where(paired, grow.clamp(max=self.lr), grow)
+            unpaired = torch.minimum(grow, width / direction.abs().amax().clamp_min(1e-30))
+        return torch.where(paired, grow.clamp(max=self.lr), unpaired)
 
     def _search_step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
         accept, slope = self._armijo(flat, loss)
