@@ -32,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from stylelab.engine.batch import BatchJob, Outcome, run_batch
 from stylelab.engine.observers import ProgressBar
 
+log = logging.getLogger(__name__)
+
 
 class Job:
     """A sweep job between its two halves: set up, waiting for its batch, then reported.
@@ -131,11 +133,13 @@ def advance(job: Job, outcome: Outcome | None) -> None:
         job.result.return_value, job.result.status = error, JobStatus.FAILED
 
 
-def show_progress(batch: Sequence[Job], label: str) -> None:
-    """One progress bar for the batch (on its first job) instead of one per job."""
+def announce(batch: Sequence[Job], where: str = "") -> None:
+    """Log the batch's jobs and give it one progress bar (on its first job) instead of one per
+    job; `where`: e.g. " on cuda:1"."""
+    log.info("batch of %d: jobs %s", len(batch), ", ".join(f"#{job.num}" for job in batch))
     first = batch[0].request
     assert first is not None
-    first.observers = [*first.observers, ProgressBar(label)]
+    first.observers = [*first.observers, ProgressBar(f"batch of {len(batch)}{where}")]
 
 
 def run_together(batch: Sequence[Job]) -> None:

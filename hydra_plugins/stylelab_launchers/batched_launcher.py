@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import open_dict
 
-from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, run_together, show_progress
+from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
 from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher, job_config
 from stylelab import runner
 from stylelab.factory import sharing_vgg
@@ -124,10 +124,7 @@ class BatchedLauncher(SequentialLauncher):
     # -- batches, on the workers' threads ------------------------------------------------------
 
     def _submit(self, worker: _Worker, batch: list[Job]) -> None:
-        show_progress(
-            batch, f"batch of {len(batch)}" + (f" on {worker.device}" if worker.device else "")
-        )
-        log.info("batch of %d: jobs %s", len(batch), ", ".join(f"#{job.num}" for job in batch))
+        announce(batch, f" on {worker.device}" if worker.device else "")
         self.in_flight += 1
         worker.batches.put(batch)
 

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 
-from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, run_together, show_progress
+from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 from stylelab import runner
 from stylelab.factory import sharing_vgg
@@ -63,10 +63,7 @@ class PackedTask:
                     else:
                         batches.setdefault(job.request.key, []).append(job)
                 for batch in batches.values():
-                    log.info(
-                        "batch of %d: jobs %s", len(batch), ", ".join(f"#{j.num}" for j in batch)
-                    )
-                    show_progress(batch, f"batch of {len(batch)}")
+                    announce(batch)
                     run_together(batch)
                     for job in batch:
                         self._report(halves, job, requests, waiting)
