@@ -295,6 +295,27 @@ def test_armijo_with_bounds_converges_to_the_minimiser_on_the_boundary() -> None
     assert min(losses) - float(minimum) < 1e-8
 
 
+def test_armijo_stores_curvature_pairs_on_free_coordinates_only() -> None:
+    """A pixel held at its bound does not move, but its gradient still changes with other
+    pixels (here x0, pushed below 0, is coupled to x4): that change is not curvature along
+    the step, so the stored pairs must be zero there, and gamma = s.y / y.y over the rest."""
+
+    def coupled(x: torch.Tensor) -> torch.Tensor:
+        centre = torch.linspace(-1.0, 0.9, x.numel(), dtype=x.dtype)
+        scales = torch.linspace(1, 4, x.numel(), dtype=x.dtype)
+        return 0.5 * (scales * (x - centre) ** 2).sum() + 3.0 * x[0] * x[4]
+
+    x = torch.full((6,), 0.5, dtype=torch.float64)
+    x[0] = 0.0
+    optimizer = LBFGS(x, history_size=4, line_search="armijo", bounds=(0.0, 1.0))
+    search_path(coupled, x, optimizer, 8)
+    stored = int(optimizer.stored)
+    assert stored >= 2 and float(x[0]) == 0.0
+    assert torch.all(optimizer.history[:, 0] == 0)  # every s and y row; empty slots are 0
+    s, y = optimizer.history[(stored - 1) % 4], optimizer.history[4 + (stored - 1) % 4]
+    assert float(optimizer.gamma) == pytest.approx(float(s @ y / (y @ y)))
+
+
 def test_armijo_grows_the_step_where_the_loss_curves_down() -> None:
     """Negative curvature (no curvature pair is ever stored): the trial step doubles instead
     of staying at lr, so a flat, concave loss reaches the bound in a few evaluations."""

@@ -21,9 +21,12 @@ costs one pass of the history more than a fixed step only in a few vector select
 With `bounds=(lo, hi)` (the Synthesizer passes (0, 1): pixels) the search is projected, as in
 L-BFGS-B's active set: at the base, a coordinate at a bound whose gradient points outwards is
 held fixed (its gradient is left out of the quasi-Newton product and its direction is 0), the
-trial is projected onto the box, and the Armijo test and the stored pair s use the displacement
-actually taken. So the direction is a descent direction for the free coordinates and is not
-spent pushing pixels against the clamp (which made unprojected trials fail, issue 15).
+trial is projected onto the box, and the Armijo test uses the displacement actually taken. The
+curvature pair (s, y) is stored on the coordinates free at both of its ends: a held pixel does
+not move, and its gradient change is the clamp's, not the loss's curvature (with it, the pairs
+of a run with 5-10% of its pixels at a bound scaled the directions wildly and the search crawled
+along a plateau, issue 15). So the direction is a descent direction for the free coordinates and
+is not spent pushing pixels against the clamp (which made unprojected trials fail).
 
 A new direction's first trial is lr, but at most twice the step just accepted; where the loss
 curves down (s.y <= eps, no pair stored) it may grow past lr (with bounds, moving no coordinate
@@ -139,10 +142,12 @@ class LBFGS:
         grad: torch.Tensor,
         accept: torch.Tensor | None = None,
         project: torch.Tensor | None = None,
+        free: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the newest pair (s, y) if s.y > eps (and this is not the first step).
 
-        With `accept` (line search), only when the point evaluated was accepted.
+        With `accept` (line search), only when the point evaluated was accepted; with `free`
+        (bounds), s and y are kept on the coordinates where `free` is 1.
 
         Returns history @ project (default: grad; the projections the direction needs), from
         the same pass over the history that updates the s.y and y.y tables, and whether the
@@ -150,6 +155,8 @@ class LBFGS:
         """
         m = self.history_size
         s, y = flat - self.prev_flat, grad - self.prev_grad
+        if free is not None:
+            s, y = s * free, y * free
         ys, yy_new = torch.dot(s, y), torch.dot(y, y)
         valid = (ys > self.eps) & (self.steps > 0)
         if accept is not None:
@@ -271,8 +278,10 @@ class LBFGS:
     def _search_step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
         accept, slope = self._armijo(flat, loss)
         first = self.steps == 0
-        free = self._free(flat, grad)
-        projections, paired = self._remember(flat, grad, accept, project=grad * free)
+        free, base_free = self._free(flat, grad), self._free(self.prev_flat, self.prev_grad)
+        projections, paired = self._remember(
+            flat, grad, accept, project=grad * free, free=free * base_free
+        )
         new_direction = self._direction(grad * free, projections) * free
         descent = torch.dot(grad, new_direction) < 0  # else (rounding, bf16 history): -gamma g
         new_direction = torch.where(descent, new_direction, -self.gamma * grad * free)
@@ -285,7 +294,7 @@ class LBFGS:
         self.prev_grad.copy_(torch.where(accept, grad, self.prev_grad))
         self.base_loss.copy_(torch.where(accept, loss, self.base_loss))
         fresh = self._first_step(self.prev_grad)
-        steepest = -self.prev_grad * self._free(self.prev_flat, self.prev_grad)
+        steepest = -self.prev_grad * torch.where(accept, free, base_free)  # at the new base
         kept = torch.where(restart, steepest, self.direction)
         taken = self.trial_step * self.direction.norm()  # length of the step just tried
         self.direction.copy_(torch.where(accept, new_direction, kept))
