@@ -3,6 +3,7 @@
     python benchmarks/convergence.py --device cpu --size 128 --evals 300 --out-dir conv-cpu
     python benchmarks/convergence.py --device cuda --size 512 --weights imagenet
     python benchmarks/convergence.py --variant adam_avg optim.name=adam optim.lr=0.05 ...
+    python benchmarks/convergence.py --starts 4 ...   # each problem from 4 starting images
 
 A problem is a pair (conf/pair) x a layer set (conf/layers), on the tutorial's objective (no TV).
 Each variant is a list of config overrides ("key=value", applied to stylelab.config.Config) and
@@ -12,6 +13,12 @@ variant runs at least `--evals` evaluations and at least as long as the tutorial
 (T), so it is compared at equal evaluations and at equal time. References: the tutorial's loop
 (benchmarks/baseline.py, which defines T and the target loss) and torch.optim.LBFGS with its
 strong-Wolfe line search, on the same objective, evaluations counted.
+
+A fixed-step L-BFGS is chaotic: on a nonconvex loss, a start moved by 1e-3 per pixel can end in
+another valley. `--starts K` runs every problem from K starting images (start 0: the content
+image; start k: plus uniform noise of +-`--start-noise`, seeded with k, the same for every run)
+and reports, per problem and run, the spread of best@N over the starts and on how many starts it
+was no worse than the tutorial from the same start.
 
 Writes convergence.json, convergence.md and one loss-against-time plot per problem (PNG) into
 --out-dir; prints the markdown. Progress goes to stderr.
@@ -25,6 +32,7 @@ import json
 import logging
 import math
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -82,12 +90,15 @@ class Synthesis:
     averaged: Callable[[], float] | None = None
 
 
-def build_synthesis(cfg: Config) -> Synthesis:
-    """A ready synthesis, built by stylelab's factory exactly as a run builds it."""
+def build_synthesis(cfg: Config, start: int = 0, noise: float = 0.0) -> Synthesis:
+    """A ready synthesis, built by stylelab's factory exactly as a run builds it (from start
+    image `start`: see `perturbed`)."""
     from stylelab import factory
 
     built = factory.build_synthesis(cfg)
     synth = built.synthesis.enter_stage(0)
+    if start:  # before the first step: nothing (optimiser, best, average) has seen the image yet
+        synth.image.copy_(perturbed(synth.image.cpu(), start, noise).to(synth.image.device))
 
     def step() -> dict[str, torch.Tensor]:
         terms = synth.step()
@@ -104,6 +115,15 @@ def build_synthesis(cfg: Config) -> Synthesis:
     return Synthesis(
         step, synth.image, built.synthesis.objective, info, averaged if has_average else None
     )
+
+
+def perturbed(image: torch.Tensor, start: int, noise: float) -> torch.Tensor:
+    """Start image `start`: `image` itself for 0, else plus uniform noise in +-`noise` drawn
+    with seed `start` (CPU generator: the same on every device), clamped to [0, 1]."""
+    if not start:
+        return image
+    generator = torch.Generator().manual_seed(start)
+    return (image + noise * (2 * torch.rand(image.shape, generator=generator) - 1)).clamp(0, 1)
 
 
 def load_pair(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +188,9 @@ class TimedHistory(list):
         super().append(item)
 
 
-def run_tutorial(cfg: Config, evals: int) -> Trace:
-    """benchmarks/baseline.py's loop (torch.optim.LBFGS at its defaults, fp32, frozen VGG).
+def run_tutorial(cfg: Config, evals: int, start: int = 0, noise: float = 0.0) -> Trace:
+    """benchmarks/baseline.py's loop (torch.optim.LBFGS at its defaults, fp32, frozen VGG),
+    from start image `start` (see `perturbed`).
 
     Its set-up (model build, targets) is left out of the time: the clock starts one median
     evaluation before the first evaluation ends.
@@ -178,13 +199,15 @@ def run_tutorial(cfg: Config, evals: int) -> Trace:
     from stylelab.engine.features import IMAGENET_MEAN, IMAGENET_STD, load_vgg19_features
 
     device = resolve_device(cfg.device)
-    content, style = (image.to(device) for image in load_pair(cfg))
+    content, style = load_pair(cfg)
+    first = perturbed(content, start, noise).to(device)
+    content, style = content.to(device), style.to(device)
     cnn = load_vgg19_features(cfg.model.weights, seed=cfg.seed).to(device).eval()
     mean, std = torch.tensor(IMAGENET_MEAN).to(device), torch.tensor(IMAGENET_STD).to(device)
     history = TimedHistory()
     with backend_flags(runner=False):
         baseline.run_style_transfer(
-            cnn, mean, std, content, style, content.clone(), num_evals=evals,
+            cnn, mean, std, content, style, first, num_evals=evals,
             style_weight=cfg.style_weight, content_weight=cfg.content_weight,
             content_layers=tutorial_names(cfg.layers.content),
             style_layers=tutorial_names(cfg.layers.style), freeze=True, history=history,
@@ -311,25 +334,29 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_problem(
-    pair: str, layers: str, args: argparse.Namespace, variants: dict[str, list[str]]
+    pair: str, layers: str, args: argparse.Namespace, variants: dict[str, list[str]], start: int = 0
 ) -> tuple[dict[str, Any], dict[str, Trace]]:
-    """The tutorial first (it sets the time T and the target), then every variant."""
-    base = base_overrides(args)
-    tutorial = run_tutorial(make_config(pair, layers, base + VARIANTS["lbfgs"]), args.evals)
+    """The tutorial first (it sets the time T and the target), then every variant; all from
+    start image `start`."""
+    base, noise = base_overrides(args), args.start_noise
+    tutorial_cfg = make_config(pair, layers, base + VARIANTS["lbfgs"])
+    tutorial = run_tutorial(tutorial_cfg, args.evals, start, noise)
     budget = tutorial.seconds[min(args.evals, len(tutorial.seconds)) - 1]
     target = min(tutorial.total[: args.evals])
     traces, limit = {TUTORIAL: tutorial}, args.max_factor * args.evals
     info, averaged = {}, {}
     for name, overrides in variants.items():
         log.info("%s/%s: %s %s", pair, layers, name, " ".join(overrides))
-        synthesis = build_synthesis(make_config(pair, layers, base + overrides))
+        synthesis = build_synthesis(make_config(pair, layers, base + overrides), start, noise)
         info = synthesis.info
         traces[name] = run_steps(synthesis, args.evals, budget, limit)
         if synthesis.averaged is not None:
             averaged[name] = synthesis.averaged()
     if not args.skip_strong_wolfe:
         log.info("%s/%s: %s", pair, layers, STRONG_WOLFE)
-        synthesis = build_synthesis(make_config(pair, layers, base + VARIANTS["lbfgs"]))
+        synthesis = build_synthesis(
+            make_config(pair, layers, base + VARIANTS["lbfgs"]), start, noise
+        )
         traces[STRONG_WOLFE] = run_strong_wolfe(synthesis, args.evals, budget, limit)
     runs = {name: metrics(trace, args.evals, budget, target) for name, trace in traces.items()}
     for name, value in averaged.items():
@@ -337,6 +364,7 @@ def run_problem(
     for row in runs.values():
         row["goals"] = goals(row, runs[TUTORIAL])
     result = {"time_budget_seconds": round(budget, 3), "target_total": target, **info}
+    result.update(problem=f"{pair}/{layers}", start=start)
     return {**result, "runs": runs}, traces
 
 
@@ -400,6 +428,20 @@ def summarise(problems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def spread(problems: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per problem (over its starts) and run: best@N at each start, and on how many starts it
+    was no worse than the tutorial from the same start."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in problems.values():
+        for name, row in entry["runs"].items():
+            cell = table.setdefault(entry["problem"], {}).setdefault(
+                name, {"best_at_evals": [], "no_worse_than_tutorial": 0}
+            )
+            cell["best_at_evals"].append(row["best_at_evals"])
+            cell["no_worse_than_tutorial"] += row["goals"]["no_worse_at_evals"]
+    return table
+
+
 def reached(ratio: float | None, evals: int | None) -> str:
     return "never" if ratio is None or evals is None else f"{ratio:.2f} ({evals})"
 
@@ -441,6 +483,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {row['best_at_evals_vs_tutorial_geomean']} "
             f"| {row['best_at_time_vs_tutorial_geomean']} | {met} |"
         )
+    if result["settings"]["starts"] > 1:
+        lines += ["", f"Over {result['settings']['starts']} starts (start noise "
+                  f"{result['settings']['start_noise']}): best@N min / median / max, and the starts "
+                  "on which it was no worse than the tutorial from the same start.", "",
+                  "| problem | run | best@N min | median | max | no worse |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for problem, runs in result["spread"].items():
+            for name, cell in runs.items():
+                values = sorted(cell["best_at_evals"])
+                lines.append(
+                    f"| {problem} | {name} | {values[0]:.4g} | {statistics.median(values):.4g} "
+                    f"| {values[-1]:.4g} | {cell['no_worse_than_tutorial']}/{len(values)} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -461,6 +515,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", default="random", help="imagenet | random | <file>")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (engine runs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--starts", type=int, default=1, help="starting images per problem")
+    parser.add_argument("--start-noise", type=float, default=1e-3, help="+- per pixel, start >= 1")
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS))
     parser.add_argument("--layers", nargs="+", default=list(LAYER_SETS))
     parser.add_argument("--only", nargs="+", help="run only these variants (names)")
@@ -472,7 +528,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-strong-wolfe", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
     parser.add_argument("--out-dir", type=Path, default=Path("convergence-results"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.starts < 1:
+        parser.error(f"--starts {args.starts}: must be at least 1")
+    return args
 
 
 def chosen_variants(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -498,23 +557,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     problems: dict[str, dict[str, Any]] = {}
     for pair in args.pairs:
         for layers in args.layers:
-            name = f"{pair}/{layers}"
-            entry, traces = run_problem(pair, layers, args, variants)
-            path = args.out_dir / f"{pair}_{layers}.png"
-            plot(name, traces, entry["time_budget_seconds"], entry["target_total"], path)
-            entry["plot"] = str(path)
-            entry["evals_by_time"] = {
-                key: sum(t <= entry["time_budget_seconds"] for t in trace.seconds)
-                for key, trace in traces.items()
-            }
-            problems[name] = entry
-            table = write(result, problems, args.out_dir)  # after each problem: partial results
+            for start in range(args.starts):
+                suffix = f"@start{start}" if start else ""
+                entry, traces = run_problem(pair, layers, args, variants, start)
+                path = args.out_dir / f"{pair}_{layers}{suffix.replace('@', '_')}.png"
+                budget = entry["time_budget_seconds"]
+                plot(f"{pair}/{layers}{suffix}", traces, budget, entry["target_total"], path)
+                entry["plot"] = str(path)
+                entry["evals_by_time"] = {
+                    key: sum(t <= budget for t in trace.seconds) for key, trace in traces.items()
+                }
+                problems[f"{pair}/{layers}{suffix}"] = entry
+                table = write(result, problems, args.out_dir)  # after each: partial results
     print(table)
     return result
 
 
 def write(result: dict[str, Any], problems: dict[str, Any], out_dir: Path) -> str:
-    result.update(problems=problems, summary=summarise(problems))
+    result.update(problems=problems, summary=summarise(problems), spread=spread(problems))
     table = markdown(result)
     (out_dir / "convergence.json").write_text(json.dumps(result, indent=1, default=str))
     (out_dir / "convergence.md").write_text(table)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 RUN_FIELDS = {"ms_per_eval", "seconds", "evals", "peak_memory_mib", "first_loss", "final_loss"}
@@ -97,6 +99,41 @@ def test_convergence_benchmark_reports_json_markdown_and_plots(tmp_path) -> None
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and problem["plot"] == str(plot)
     table = (out / "convergence.md").read_text()
     assert "| astronaut_hubble/approach2 | adam_hook |" in table
+
+
+def test_convergence_benchmark_runs_every_problem_from_several_starts(tmp_path) -> None:
+    """--starts 2: start 1 is the content image plus noise, the same for the tutorial and every
+    variant (their first totals agree with each other, not with start 0's), and the report
+    gives each run's spread over the starts."""
+    from benchmarks import convergence
+
+    out = tmp_path / "conv"
+    argv = ["--device", "cpu", "--size", "32", "--evals", "3", "--max-factor", "1", "--precision", "fp32",
+            "--pairs", "astronaut_hubble", "--layers", "approach2", "--out-dir", str(out),
+            "--only", "lbfgs_armijo", "--skip-strong-wolfe", "--starts", "2", "--start-noise", "0.05"]  # fmt: skip
+    result = convergence.main(argv)
+
+    problems = result["problems"]
+    assert set(problems) == {"astronaut_hubble/approach2", "astronaut_hubble/approach2@start1"}
+    firsts = {
+        name: [row["first_total"] for row in entry["runs"].values()]
+        for name, entry in problems.items()
+    }
+    for values in firsts.values():
+        assert max(values) <= min(values) * (1 + 1e-4)
+    assert (
+        abs(
+            firsts["astronaut_hubble/approach2@start1"][0] / firsts["astronaut_hubble/approach2"][0]
+            - 1
+        )
+        > 1e-3
+    )
+    cell = result["spread"]["astronaut_hubble/approach2"]["lbfgs_armijo"]
+    assert len(cell["best_at_evals"]) == 2 and 0 <= cell["no_worse_than_tutorial"] <= 2
+    assert (out / "astronaut_hubble_approach2_start1.png").is_file()
+    assert "| astronaut_hubble/approach2 | lbfgs_armijo |" in (out / "convergence.md").read_text()
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--starts", "0"])
 
 
 def test_convergence_metrics_count_rises_of_logged_and_evaluated_totals() -> None:
