@@ -118,10 +118,11 @@ def build_synthesis(cfg: Config, start: int = 0, noise: float = 0.0) -> Synthesi
 
 
 def perturbed(image: torch.Tensor, start: int, noise: float) -> torch.Tensor:
-    """Start image `start`: `image` itself for 0, else plus uniform noise in +-`noise` drawn
-    with seed `start` (CPU generator: the same on every device), clamped to [0, 1]."""
+    """Start image `start`, a new tensor: a copy of `image` for 0, else `image` plus uniform
+    noise in +-`noise` drawn with seed `start` (CPU generator: the same on every device),
+    clamped to [0, 1]."""
     if not start:
-        return image
+        return image.clone()
     generator = torch.Generator().manual_seed(start)
     return (image + noise * (2 * torch.rand(image.shape, generator=generator) - 1)).clamp(0, 1)
 
@@ -557,16 +558,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for pair in args.pairs:
         for layers in args.layers:
             for start in range(args.starts):
-                suffix = f"@start{start}" if start else ""
+                name = f"{pair}/{layers}" + (f"@start{start}" if start else "")
                 entry, traces = run_problem(pair, layers, args, variants, start)
-                path = args.out_dir / f"{pair}_{layers}{suffix.replace('@', '_')}.png"
+                path = args.out_dir / (name.replace("/", "_").replace("@", "_") + ".png")
                 budget = entry["time_budget_seconds"]
-                plot(f"{pair}/{layers}{suffix}", traces, budget, entry["target_total"], path)
+                plot(name, traces, budget, entry["target_total"], path)
                 entry["plot"] = str(path)
                 entry["evals_by_time"] = {
                     key: sum(t <= budget for t in trace.seconds) for key, trace in traces.items()
                 }
-                problems[f"{pair}/{layers}{suffix}"] = entry
+                problems[name] = entry
                 table = write(result, problems, args.out_dir)  # after each: partial results
     print(table)
     return result

@@ -279,12 +279,13 @@ class LBFGS:
         accept, slope = self._armijo(flat, loss)
         first = self.steps == 0
         free, base_free = self._free(flat, grad), self._free(self.prev_flat, self.prev_grad)
+        free_grad = grad * free  # the gradient of the coordinates that may move
         projections, paired = self._remember(
-            flat, grad, accept, project=grad * free, free=free * base_free
+            flat, grad, accept, project=free_grad, free=free * base_free
         )
-        new_direction = self._direction(grad * free, projections) * free
+        new_direction = self._direction(free_grad, projections) * free
         descent = torch.dot(grad, new_direction) < 0  # else (rounding, bf16 history): -gamma g
-        new_direction = torch.where(descent, new_direction, -self.gamma * grad * free)
+        new_direction = torch.where(descent, new_direction, -self.gamma * free_grad)
         rejections = torch.where(accept, 0, self.rejections + 1)
         restart = rejections >= self.max_backtracks  # give up on this direction: -g, no history
         self.rho.mul_((~restart).to(self.dtype))
