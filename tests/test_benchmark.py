@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -83,9 +84,10 @@ def test_convergence_benchmark_reports_json_markdown_and_plots(tmp_path) -> None
     on_disk = json.loads((out / "convergence.json").read_text())
     assert on_disk["summary"] == result["summary"]
     problem = on_disk["problems"]["astronaut_hubble/approach2"]
-    assert set(problem["runs"]) == {"tutorial", "lbfgs_armijo", "adam_hook", "torch_strong_wolfe"}
+    references = {"tutorial", "torch_strong_wolfe", "scipy_lbfgsb"}
+    assert set(problem["runs"]) == references | {"lbfgs_armijo", "adam_hook"}
     assert on_disk["settings"]["variants"]["adam_hook"] == ["optim.name=adam", "optim.lr=0.05"]
-    fields = {"best_at_evals", "best_at_time", "rises_over_1pct", "evaluated_rises_over_1pct",
+    fields = {"best_at_evals", "at_evals", "best_at_time", "rises_over_1pct", "evaluated_rises_over_1pct",
               "rejected", "seconds_to_target", "time_ratio_to_target", "ms_per_eval", "goals"}  # fmt: skip
     for name, row in problem["runs"].items():
         assert fields <= set(row), name
@@ -95,6 +97,11 @@ def test_convergence_benchmark_reports_json_markdown_and_plots(tmp_path) -> None
     firsts = [row["first_total"] for row in problem["runs"].values()]
     assert max(firsts) <= min(firsts) * (1 + 1e-4)
     assert problem["runs"]["tutorial"]["time_ratio_to_target"] == 1.0
+    lbfgsb = problem["runs"]["scipy_lbfgsb"]  # a monotone method: its iterate never rises
+    assert lbfgsb["rises_any"] == 0 and lbfgsb["at_evals"] == lbfgsb["best_at_evals"]
+    assert (
+        0 <= result["summary"]["lbfgs_armijo"]["best_at_evals_no_worse_than_tutorial_at_evals"] <= 1
+    )
     plot = out / "astronaut_hubble_approach2.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and problem["plot"] == str(plot)
     table = (out / "convergence.md").read_text()
@@ -110,7 +117,8 @@ def test_convergence_benchmark_runs_every_problem_from_several_starts(tmp_path) 
     out = tmp_path / "conv"
     argv = ["--device", "cpu", "--size", "32", "--evals", "3", "--max-factor", "1", "--precision", "fp32",
             "--pairs", "astronaut_hubble", "--layers", "approach2", "--out-dir", str(out),
-            "--only", "lbfgs_armijo", "--skip-strong-wolfe", "--starts", "2", "--start-noise", "0.05"]  # fmt: skip
+            "--only", "lbfgs_armijo", "--skip-strong-wolfe", "--skip-lbfgsb", "--starts", "2",
+            "--start-noise", "0.05"]  # fmt: skip
     result = convergence.main(argv)
 
     problems = result["problems"]
@@ -147,4 +155,28 @@ def test_convergence_metrics_count_rises_of_logged_and_evaluated_totals() -> Non
     assert row["evaluated_rises_over_1pct"] == 1 and row["rejected"] == 1  # 10 -> 12
     assert row["best_at_time"] == 9.0 and row["best_at_evals"] == 8.0
     assert row["seconds_to_target"] == 3.0 and row["time_ratio_to_target"] == round(3 / 3.5, 3)
-    assert row["evals_to_target"] == 3
+    assert row["evals_to_target"] == 3 and row["at_evals"] == 8.0
+
+
+def test_lbfgsb_reference_logs_its_iterate_respects_the_box_and_stops_at_the_budget() -> None:
+    """On a quadratic whose minimiser lies partly outside [0, 1], L-BFGS-B ends at the clamped
+    minimiser; its logged total (the iterate) never rises and every evaluation is kept."""
+    import torch
+
+    from benchmarks.convergence import Synthesis, run_lbfgsb
+
+    target = torch.linspace(-0.5, 1.5, 12).view(1, 3, 2, 2)
+    image = torch.full_like(target, 0.5)
+
+    def objective(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"total": ((x - target) ** 2 * torch.arange(1.0, 13.0).view_as(x)).sum()}
+
+    synthesis = Synthesis(step=lambda: {}, image=image, objective=objective)
+    trace = run_lbfgsb(synthesis, evals=30, seconds=0.0, max_evals=30, history_size=5)
+    assert len(trace.total) == len(trace.evaluated) == len(trace.accepted) <= 30
+    assert all(b <= a for a, b in itertools.pairwise(trace.total))
+    assert trace.accepted[0] and not all(trace.accepted)  # its line search tried some points
+    floor = objective(target.clamp(0, 1))["total"].item()
+    assert trace.total[-1] == pytest.approx(floor, rel=1e-6, abs=1e-9)
+    short = run_lbfgsb(synthesis, evals=3, seconds=0.0, max_evals=30, history_size=5)
+    assert len(short.total) == 3
