@@ -175,6 +175,9 @@ def test_lbfgsb_reference_logs_its_iterate_respects_the_box_and_stops_at_the_bud
     trace = run_lbfgsb(synthesis, evals=30, seconds=0.0, max_evals=30, history_size=5)
     assert len(trace.total) == len(trace.evaluated) == len(trace.accepted) <= 30
     assert all(b <= a for a, b in itertools.pairwise(trace.total))
+    for index, total in enumerate(trace.total):  # the last accepted point's total, every time
+        last = max(i for i in range(index + 1) if trace.accepted[i])
+        assert total == trace.evaluated[last]
     assert trace.accepted[0] and not all(trace.accepted)  # its line search tried some points
     floor = objective(target.clamp(0, 1))["total"].item()
     assert trace.total[-1] == pytest.approx(floor, rel=1e-6, abs=1e-9)
