@@ -223,6 +223,11 @@ def run_tutorial(cfg: Config, evals: int, start: int = 0, noise: float = 0.0) ->
     return Trace([t - start for t in history.times], totals, totals, [True] * len(totals))
 
 
+def budget_spent(count: int, elapsed: float, evals: int, seconds: float, max_evals: int) -> bool:
+    """Every run's stopping rule: at least `evals` evaluations and `seconds`, or `max_evals`."""
+    return (count >= evals and elapsed >= seconds) or count >= max_evals
+
+
 def run_steps(synthesis: Synthesis, evals: int, seconds: float, max_evals: int) -> Trace:
     """`step()` until at least `evals` evaluations and `seconds` have passed (or `max_evals`).
 
@@ -247,7 +252,7 @@ def run_steps(synthesis: Synthesis, evals: int, seconds: float, max_evals: int) 
             trace.evaluated += [row[1] for row in rows]
             trace.accepted += [row[2] > 0.5 for row in rows]
             count = len(trace.total)
-            if (count >= evals and now >= seconds) or count >= max_evals:
+            if budget_spent(count, now, evals, seconds, max_evals):
                 return trace
 
 
@@ -270,8 +275,8 @@ def run_strong_wolfe(synthesis: Synthesis, evals: int, seconds: float, max_evals
         trace.accepted.append(True)
         return total
 
-    while len(trace.total) < max_evals and (
-        len(trace.total) < evals or trace.seconds[-1] < seconds
+    while not trace.total or not budget_spent(
+        len(trace.total), trace.seconds[-1], evals, seconds, max_evals
     ):
         optimizer.step(closure)
     return trace
@@ -304,8 +309,7 @@ def run_lbfgsb(
         trace.seconds.append(time.perf_counter() - started)
         trace.accepted.append(not trace.total)  # the start; later ones when the iteration ends
         trace.total.append(value if not trace.total else trace.total[-1])
-        count = len(trace.total)
-        if (count >= evals and trace.seconds[-1] >= seconds) or count >= max_evals:
+        if budget_spent(len(trace.total), trace.seconds[-1], evals, seconds, max_evals):
             raise _Enough
         return value, grad
 
