@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,13 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks import memory, tracking_overhead  # noqa: E402
-from benchmarks.engine import Problem, run_baseline, run_engine, square_images  # noqa: E402
+from benchmarks.engine import (  # noqa: E402
+    Problem,
+    environment,
+    run_baseline,
+    run_engine,
+    square_images,
+)
 
 log = logging.getLogger("bench")
 TARGETS = {"cuda": {"speedup": 5.0, "adam_ms": 4.0, "wandb_pct": 5.0}, "cpu": {"speedup": 1.5}}
@@ -42,15 +47,6 @@ def variants(device: str) -> dict[str, dict[str, Any]]:
             "fp32_no_cuda_graph": {"precision": "fp32", "cuda_graph": False},
         }
     return {"fp32": {"precision": "fp32"}}
-
-
-def environment(device: str) -> dict[str, Any]:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    else:
-        env.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    return env
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

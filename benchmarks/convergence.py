@@ -35,7 +35,6 @@ import itertools
 import json
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
@@ -52,7 +51,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from benchmarks import baseline  # noqa: E402
-from benchmarks.engine import backend_flags, sync  # noqa: E402
+from benchmarks.engine import backend_flags, environment, sync  # noqa: E402
 from stylelab.config import Config, validate  # noqa: E402
 from stylelab.engine.synthesis import TRIAL  # noqa: E402
 
@@ -559,15 +558,6 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {values[-1]:.4g} | {'–' if name == TUTORIAL else wins} |"
                 )
     return "\n".join(lines) + "\n"
-
-
-def environment(device: str) -> dict[str, Any]:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-    else:
-        env.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    return env
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

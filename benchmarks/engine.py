@@ -8,11 +8,13 @@ not depend on weight values), starting from the content image.
 from __future__ import annotations
 
 import copy
+import platform
 import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,31 @@ from stylelab.factory import SourceImages, build_synthesis
 
 STYLE_LAYERS, CONTENT_LAYERS = [0, 5, 10, 19, 28], [25]
 FLUSH_EVERY = 10  # the runner's default log.flush_every
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor as /proc/cpuinfo names it, with its family and model (a VM may call two
+    generations by one name, and they round convolutions differently), else the platform's."""
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What a result was measured on: versions, and the GPU or the CPU and its threads."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    else:
+        env.update(cpu=cpu_name(), threads=torch.get_num_threads())
+    return env
 
 
 def square_images(size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -52,7 +53,18 @@ def test_bench_cpu_reports_json(tmp_path) -> None:
         )
     assert result["memory"] == {"skipped": "needs CUDA"}
     assert result["targets"]["met"].keys() == {"speedup"}
-    assert result["env"]["device"] == "cpu"
+    assert result["env"]["device"] == "cpu" and result["env"]["cpu"]
+
+
+def test_the_cpu_is_named_with_its_family_and_model(tmp_path) -> None:
+    from benchmarks.engine import cpu_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+    processor += "model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n\n"
+    cpuinfo.write_text(processor.format(0) + processor.format(1))
+    assert cpu_name(cpuinfo) == "AMD EPYC (family 26, model 2)"
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
 
 
 def test_pyramid_time_to_quality_runs_and_reports_every_field(tmp_path) -> None:
