@@ -62,7 +62,8 @@ def test_recorded_runs_reproduce_their_losses(tmp_path: Path, layers: str, optim
     actual = read_rows(run_dir / "losses.jsonl")
     assert [row["step"] for row in actual] == [row["step"] for row in expected]
     for got, want in zip(actual, expected, strict=True):
-        assert not mismatches(got, want), (want["step"], mismatches(got, want), got)
+        wrong = mismatches(got, want)
+        assert not wrong, (want["step"], wrong, got)
 
 
 def test_the_comparison_allows_rounding_and_nothing_more() -> None:
