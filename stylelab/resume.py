@@ -194,7 +194,7 @@ def check_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
     if new[stage].end < done:
         raise ResumeError(
             f"{where}; {asked} ends that stage at step {new[stage].end}, before the step it "
-            f"has reached: a stage's steps can only grow once it has started"
+            f"has reached: give that stage at least {done - new[stage].first_step} steps"
         )
 
 
