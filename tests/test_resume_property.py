@@ -57,7 +57,7 @@ def forbidden(counts: list[int], stage: int, done: int, rng: random.Random) -> l
 
 
 def test_resume_never_loses_or_rewrites_a_finished_record(tmp_path: Path) -> None:
-    rng = random.Random(26)
+    rng = random.Random(39)  # its 5 examples cover every kind of stop and of change above
     straight: dict[tuple[int, ...], Path] = {}
 
     def straight_run(counts: list[int]) -> Path:
