@@ -65,6 +65,8 @@ def job(run_dir: Path, *overrides: str, stop_at: int | None = None) -> int:
             drive(job_steps(task))
         except SystemExit as exit_:
             return int(exit_.code or 0)
+        finally:
+            HydraConfig.instance().cfg = None  # no job context left for later tests
     return 0
 
 
