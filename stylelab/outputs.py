@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pickle
+import secrets
 import shutil
 import socket
 import zipfile
@@ -35,6 +36,7 @@ CONFIG_FILE = "config.yaml"
 FINAL_IMAGE = "final.png"
 GIF_FILE = "synthesis.gif"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
+RUN_ID_FILE = "run_id"  # the run's id, written when it starts; its checkpoints carry it too
 RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
 
 _held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
@@ -100,6 +102,28 @@ class RunFolder:
     @property
     def checkpoint_path(self) -> Path:
         return self.root / CHECKPOINT_FILE
+
+    @property
+    def run_id_path(self) -> Path:
+        return self.root / RUN_ID_FILE
+
+    def run_id(self) -> str | None:
+        """The id of the run this folder holds; None for a run from before ids (or none)."""
+        try:
+            return self.run_id_path.read_text().strip() or None
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def start_run_id(self, new: bool) -> str | None:
+        """The run's id: a fresh one (written) for a `new` run, else the folder's (None for a
+        run from before ids, which stays without one)."""
+        if not new:
+            return self.run_id()
+        run_id = secrets.token_hex(8)
+        tmp = self.run_id_path.with_name(RUN_ID_FILE + ".tmp")
+        tmp.write_text(run_id + "\n")
+        tmp.replace(self.run_id_path)
+        return run_id
 
     def save_image(self, name: str, image: torch.Tensor | np.ndarray) -> Path:
         return save_png(image, self.root / name)

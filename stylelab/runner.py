@@ -97,6 +97,7 @@ def synthesis_steps(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
     info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
+    run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
         tracker.start(info)
@@ -104,7 +105,7 @@ def synthesis_steps(
         try:
             validate(cfg)
             try:
-                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received))
+                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received, run_id))
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except BaseException as error:
@@ -127,7 +128,12 @@ def synthesis_steps(
 
 
 def _synthesize(
-    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None, received: list[int]
+    cfg: Config,
+    folder: RunFolder,
+    tracker: Tracker,
+    checkpoint: dict | None,
+    received: list[int],
+    run_id: str | None,
 ) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg)
     synthesis = built.synthesis
@@ -147,7 +153,7 @@ def _synthesize(
             tracker.log_image(key, image, caption=caption)
     recorder = RunFolderRecorder(
         folder,
-        {"tracker_run_id": tracker.run_id, "config": asdict(cfg)},
+        {"run_id": run_id, "tracker_run_id": tracker.run_id, "config": asdict(cfg)},
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
