@@ -25,6 +25,7 @@ from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressB
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis, vgg_key
+from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
@@ -139,6 +140,8 @@ def _synthesize(
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip
         folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
     inputs = built.inputs()
+    files = input_files(cfg)
+    tracker.log_inputs(files)
     if checkpoint is None:
         masks = mask_sources(cfg.pair.style_masks) or []
         captions = [cfg.pair.content, *style_sources(cfg), *masks]
@@ -151,7 +154,7 @@ def _synthesize(
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
-    observers = [guard, TrackerRecorder(tracker), recorder]
+    observers = [guard, TrackerRecorder(tracker), recorder, CheckpointLogger(tracker, folder)]
     if progress_bars:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
@@ -164,8 +167,9 @@ def _synthesize(
     if result.stopped_early:
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
                  result.stopped_early)  # fmt: skip
-    summary = summarize(result, built, cfg, folder)
+    summary = {**summarize(result, built, cfg, folder), "inputs": digests(files)}
     folder.write_summary(summary)
+    log_result(tracker, folder, summary, cfg.keep)
     gif = folder.root / "synthesis.gif"
     tracker.finish(EXIT_OK, summary, final_image=recorder.final, gif_path=gif, inputs=inputs)
     return summary
