@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stylelab import runner
@@ -20,7 +23,9 @@ from stylelab.engine.sources import SKIMAGE_PHOTOS, source_file
 from stylelab.errors import StyleLabError
 from stylelab.lineage import input_files
 from stylelab.outputs import RunFolder
-from stylelab.tracking import RunInfo, make_tracker
+from stylelab.signals import Interrupted
+from stylelab.tracking import BackgroundTracker, RunInfo, Tracker, make_tracker
+from stylelab.tracking.wandb_tracker import WandbTracker
 from tests.conftest import cli_env, only_run_dir, records_of, run_cli, wandb_records
 from tests.test_robustness import tiny_config
 
@@ -136,9 +141,20 @@ def test_an_unknown_artifact_kind_is_refused_in_one_line() -> None:
         validate(cfg)
 
 
-def offline_run(tmp_path: Path, artifacts: list[str], **overrides) -> tuple[list[dict], Exception]:
+class SignalAtStep2(WandbTracker):
+    """Sends the run SIGUSR2 (SLURM's warning) once step 2 is logged."""
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        super().log_metrics(step, metrics)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def offline_run(
+    tmp_path: Path, artifacts: list[str], tracker: Tracker | None = None, **overrides
+) -> tuple[list[dict], Exception]:
     """An in-process offline W&B run of `tiny_config`; (its records, what it raised)."""
-    tracker = make_tracker("wandb", mode="offline", artifacts=artifacts)
+    tracker = tracker or make_tracker("wandb", mode="offline", artifacts=artifacts)
     raised: Exception | None = None
     try:
         runner.run_synthesis(
@@ -171,6 +187,16 @@ def test_a_checkpoint_that_failed_to_save_is_no_artifact(tmp_path: Path, monkeyp
     assert isinstance(raised, OSError)
     versions = artifacts(records, "checkpoint")
     assert [json.loads(v["metadata"])["step"] for v in versions] == [2]
+    assert not artifacts(records, "result")
+
+
+def test_a_stop_signal_logs_its_checkpoint_and_no_result(tmp_path: Path) -> None:
+    tracker = BackgroundTracker(SignalAtStep2(mode="offline", artifacts=["result", "checkpoint"]))
+    records, raised = offline_run(tmp_path, [], tracker, steps=12)
+    assert isinstance(raised, Interrupted)
+    step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["synthesis"]["step"]
+    versions = artifacts(records, "checkpoint")
+    assert [json.loads(v["metadata"])["step"] for v in versions] == [step] and 2 < step < 12
     assert not artifacts(records, "result")
 
 
