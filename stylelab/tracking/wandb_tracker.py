@@ -285,11 +285,11 @@ class WandbTracker(Tracker):
         """The digests into the run's config; with `inputs` in `artifacts`, online, the files
         as used artifacts (W&B's lineage graph)."""
         global _offline_lineage_noted
-        if self.run is None:
+        if self.run is None or self.mode == "disabled":
             return
         digests = {role: {"source": i.source, "sha256": i.sha256} for role, i in inputs.items()}
         self.run.config.update({"inputs": digests}, allow_val_change=True)
-        if "inputs" not in self.artifacts or not inputs:
+        if not self._logs("inputs") or not inputs:
             return
         if self.mode == "online":
             use_inputs(self.run, inputs)
@@ -301,13 +301,17 @@ class WandbTracker(Tracker):
                 self.mode,
             )
 
+    def _logs(self, kind: str) -> bool:
+        """Artifacts of `kind` are asked for and go somewhere (not with logger.mode=disabled)."""
+        return self.run is not None and self.mode != "disabled" and kind in self.artifacts
+
     def log_checkpoint(self, files: list[Path], step: int) -> None:
-        if self.run is not None and "checkpoint" in self.artifacts:
+        if self._logs("checkpoint"):
             name = artifact_name("checkpoint", self.run.id)
             log_files(self.run, name, "checkpoint", files, {"step": step}, [f"step-{step}"])
 
     def log_result(self, files: list[Path], metadata: dict[str, Any], aliases: list[str]) -> None:
-        if self.run is not None and "result" in self.artifacts:
+        if self._logs("result"):
             log_files(self.run, artifact_name("result", self.run.id), "result", files, metadata,
                       aliases)  # fmt: skip
 
