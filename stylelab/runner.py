@@ -98,6 +98,7 @@ def synthesis_steps(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
     info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
+    known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
         tracker.start(info)
@@ -105,7 +106,7 @@ def synthesis_steps(
         try:
             validate(cfg)
             try:
-                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received))
+                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received, known))
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except BaseException as error:
@@ -117,6 +118,7 @@ def synthesis_steps(
                 "status": "interrupted" if interrupted else "failed",
                 "error": str(error) or type(error).__name__,
                 "seconds": time.perf_counter() - started,
+                **known,
             }
             if interrupted:  # a forced stop (KeyboardInterrupt: signal repeated) saves none
                 summary["checkpoint"] = (
@@ -128,7 +130,12 @@ def synthesis_steps(
 
 
 def _synthesize(
-    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None, received: list[int]
+    cfg: Config,
+    folder: RunFolder,
+    tracker: Tracker,
+    checkpoint: dict | None,
+    received: list[int],
+    known: dict[str, Any],
 ) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg)
     synthesis = built.synthesis
@@ -141,6 +148,7 @@ def _synthesize(
         folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
     inputs = built.inputs()
     files = input_files(cfg)
+    known["inputs"] = digests(files)
     tracker.log_inputs(files)
     if checkpoint is None:
         masks = mask_sources(cfg.pair.style_masks) or []
@@ -167,7 +175,7 @@ def _synthesize(
     if result.stopped_early:
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
                  result.stopped_early)  # fmt: skip
-    summary = {**summarize(result, built, cfg, folder), "inputs": digests(files)}
+    summary = {**summarize(result, built, cfg, folder), **known}
     folder.write_summary(summary)
     log_result(tracker, folder, summary, cfg.keep)
     gif = folder.root / "synthesis.gif"

@@ -198,6 +198,8 @@ def test_a_stop_signal_logs_its_checkpoint_and_no_result(tmp_path: Path) -> None
     versions = artifacts(records, "checkpoint")
     assert [json.loads(v["metadata"])["step"] for v in versions] == [step] and 2 < step < 12
     assert not artifacts(records, "result")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and set(summary["inputs"]) == {"content", "style"}
 
 
 # `resume=wandb:...` with the download replaced by copying a folder laid out as it would be.
