@@ -22,6 +22,7 @@ from stylelab.engine.optim import LINE_SEARCHES, resolve_line_search
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
+from stylelab.tracking.wandb_artifacts import ARTIFACT_KINDS
 from stylelab.tracking.wandb_tracker import MODES, PROJECT_BAD_CHARS, PROJECT_MAX_LEN
 
 MAX_IMAGE_SIZE = 16384  # VGG-19 at this size needs ~400 GiB; larger is always a typo
@@ -106,6 +107,9 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
     init_timeout: float = 15.0  # seconds to wait for the W&B server before logging offline
+    # W&B Artifacts: result (final image, GIF, config, summary, losses), checkpoint (a version
+    # per checkpoint; large) and inputs (the input files by SHA-256, online only); [] for none
+    artifacts: list[str] = field(default_factory=lambda: ["result"])
 
 
 @dataclass
@@ -220,6 +224,12 @@ def _logger_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         logger.mode in MODES,
         f"logger.mode={logger.mode}: use one of {', '.join(MODES)}",
+    )
+    unknown = [kind for kind in logger.artifacts if kind not in ARTIFACT_KINDS]
+    yield (
+        not unknown,
+        f"logger.artifacts={list(logger.artifacts)}: {', '.join(map(str, unknown))} is not an "
+        f"artifact kind; use a list of {', '.join(ARTIFACT_KINDS)} ([] for none)",
     )
     project = logger.project or ""
     bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})

@@ -207,6 +207,11 @@ def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[D
     again by the job.
     """
     resume = cfg.get("resume") or (str(run_dir) if was_interrupted(run_dir) else None)
+    if resume and str(resume).startswith("wandb:"):  # downloaded into this run's folder
+        from stylelab.wandb_resume import fetch  # imports this module
+
+        RunFolder(run_dir).lock()
+        resume = fetch(cfg, str(resume), run_dir)
     if not resume:
         folder = RunFolder(run_dir)
         folder.lock()

@@ -166,6 +166,7 @@ def logger_options(config: Config) -> dict[str, Any]:
         "job_type": config.logger.job_type,
         "notes": config.logger.notes,
         "init_timeout": config.logger.init_timeout,
+        "artifacts": list(config.logger.artifacts),
     }
 
 

@@ -25,6 +25,7 @@ from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressB
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis, vgg_key
+from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
@@ -98,6 +99,7 @@ def synthesis_steps(
         )
     info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
     run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
+    known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
         tracker.start(info)
@@ -105,7 +107,11 @@ def synthesis_steps(
         try:
             validate(cfg)
             try:
-                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received, run_id))
+                return (
+                    yield from _synthesize(
+                        cfg, folder, tracker, checkpoint, received, run_id, known
+                    )
+                )
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except BaseException as error:
@@ -117,6 +123,7 @@ def synthesis_steps(
                 "status": "interrupted" if interrupted else "failed",
                 "error": str(error) or type(error).__name__,
                 "seconds": time.perf_counter() - started,
+                **known,
             }
             if interrupted:  # a forced stop (KeyboardInterrupt: signal repeated) saves none
                 summary["checkpoint"] = (
@@ -134,6 +141,7 @@ def _synthesize(
     checkpoint: dict | None,
     received: list[int],
     run_id: str | None,
+    known: dict[str, Any],
 ) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg)
     synthesis = built.synthesis
@@ -145,6 +153,9 @@ def _synthesize(
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip
         folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
     inputs = built.inputs()
+    files = input_files(cfg)
+    known["inputs"] = digests(files)
+    tracker.log_inputs(files)
     if checkpoint is None:
         masks = mask_sources(cfg.pair.style_masks) or []
         captions = [cfg.pair.content, *style_sources(cfg), *masks]
@@ -157,7 +168,7 @@ def _synthesize(
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
-    observers = [guard, TrackerRecorder(tracker), recorder]
+    observers = [guard, TrackerRecorder(tracker), recorder, CheckpointLogger(tracker, folder)]
     if progress_bars:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
@@ -170,8 +181,9 @@ def _synthesize(
     if result.stopped_early:
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
                  result.stopped_early)  # fmt: skip
-    summary = summarize(result, built, cfg, folder)
+    summary = {**summarize(result, built, cfg, folder), **known}
     folder.write_summary(summary)
+    log_result(tracker, folder, summary, cfg.keep)
     gif = folder.root / "synthesis.gif"
     tracker.finish(EXIT_OK, summary, final_image=recorder.final, gif_path=gif, inputs=inputs)
     return summary

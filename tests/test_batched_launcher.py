@@ -85,6 +85,20 @@ def test_batched_jobs_keep_their_files_and_their_own_wandb_runs(sweeps) -> None:
     assert "batch of 3: jobs #0, #2, #6" in log and "batch of 3: jobs #1, #3, #7" in log, log
 
 
+def test_batched_jobs_log_their_own_result_artifact(sweeps) -> None:
+    _, batched, _ = sweeps
+    finished = [job for job in jobs_of(batched).values() if _status(job) == "finished"]
+    assert len(finished) == 4
+    for job in finished:
+        records = wandb_records(job)
+        (run,) = records_of(records, "run")
+        results = [a for a in records_of(records, "artifact") if a["type"] == "result"]
+        assert [a["name"] for a in results] == [f"result-{run['run_id']}"]
+        assert {"final.png", "summary.json"} <= {
+            e["path"] for e in results[0]["manifest"]["contents"]
+        }
+
+
 def _status(job: Path) -> str:
     return json.loads((job / "summary.json").read_text())["status"]
 
