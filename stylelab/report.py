@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from stylelab.pareto import as_float
+
 EXIT_USAGE = 2
 ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
 # content.png, style.png, style_2.png, ..., and the styles' masks mask.png, mask_2.png, ...
@@ -89,14 +91,6 @@ class Job:
         points = [(row["step"], as_float(row.get(term))) for row in self.losses if "step" in row]
         points = [(step, value) for step, value in points if value is not None]
         return [step for step, _ in points], [value for _, value in points]
-
-
-def as_float(value: Any) -> float | None:
-    """A number from a JSON value (`"nan"`/`"inf"` included), else None."""
-    try:
-        return float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
