@@ -132,6 +132,16 @@ def find_sweeps(root: str | Path) -> list[Path]:
     return sorted(started, key=started.__getitem__, reverse=True)
 
 
+def resolve_folder(path: str | Path) -> Path:
+    """A relative folder from the working directory or, where it is not there, from the nearest
+    parent that has it: a notebook's kernel runs in `notebooks/`, while the README's commands
+    (`STYLELAB_SWEEP_DIR=multirun/...`) name folders from the repository root."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return next((parent / path for parent in Path.cwd().parents if (parent / path).exists()), path)
+
+
 def latest_sweep(root: str | Path = "multirun") -> Path | None:
     """The newest multirun folder under `root`, or None."""
     sweeps = find_sweeps(root)

@@ -5,7 +5,6 @@ Evaluation metrics are written into the tiny sweep's summaries by hand (tests/ev
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,13 @@ from stylelab import report
 from stylelab.layer_losses import layer_losses, unweighted_total
 from stylelab.seeds import seed_rows
 from stylelab.tradeoff import pareto_jobs, tradeoff_figure
-from tests.eval_stub import add_eval
+from tests.eval_stub import POINTS, add_eval, copy_sweep
 from tests.sweep_fixture import tiny_sweep
-
-# eval/content, eval/style per job of the tiny sweep: jobs 0, 1 and 3 are Pareto-optimal
-POINTS = {"0": (1.0, 5.0), "1": (2.0, 2.0), "2": (3.0, 3.0), "3": (5.0, 1.0)}
 
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_sweep(tmp_path_factory)
-
-
-def copy_sweep(sweep: Path, to: Path, points: dict | None = POINTS) -> Path:
-    shutil.copytree(sweep, to, ignore=shutil.ignore_patterns("checkpoint.pt", "frames", "*.gif"))
-    for name, (content, style) in (points or {}).items():
-        add_eval(to / name, {"eval/content": content, "eval/style": style, "eval/ssim": 0.5,
-                             "eval/color": 0.1, "eval/protocol": "stub-1"})  # fmt: skip
-    return to
 
 
 def section(page: str, start: str, end: str = "<h2") -> str:
