@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from stylelab.pareto import failed_return, pareto_optimal, sweep_return
+from stylelab.report import write_report
 from tests.conftest import cli_env, run_cli
 
 PARETO_RUN = ["hparams_search=pareto", "model.weights=random", "image_size=32", "steps=2"]
@@ -102,6 +104,9 @@ def test_a_pareto_sweep_returns_both_metrics_and_names_the_pareto_trials(tmp_pat
     line = next(line for line in log.splitlines() if "Pareto-optimal trials" in line)
     assert "minimizing eval/content, minimizing eval/style" in line
     assert [f"job {name} " in line for name in summaries] == [name in front for name in summaries]
+    page = write_report(sweep).read_text()  # the report rings and lists the same trials
+    table = page[page.index("Pareto-optimal runs</h3>") :]
+    assert sorted(re.findall(r"<tr><td>(\d+)</td>", table[: table.index("</table>")])) == front
 
 
 @pytest.mark.slow
