@@ -117,3 +117,25 @@ def test_a_pareto_sweep_without_eval_keys_ranks_every_trial_last(tmp_path: Path)
     values = [s["values"] for s in yaml.safe_load(results_file.read_text())["solutions"]]
     assert values and all(v == [math.inf, math.inf] for v in values)
     assert "none, no finished job recorded all of eval/content, eval/style" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("returns", "expected"),
+    [("final/total", math.inf), (["eval/content", "eval/style"], [math.inf, math.inf])],
+)
+def test_a_dead_cluster_job_returns_inf_for_each_objective(
+    returns: object, expected: object, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.stylelab_launchers.submitit_launchers import WaitForEveryJob
+
+    config = OmegaConf.create({"sweep_returns": returns, "hydra": {"job": {"name": "run"}}})
+    launcher = SimpleNamespace(
+        config=config, _EXECUTOR="local", job_dir=lambda overrides, num, job_id: tmp_path / "0"
+    )
+    job = SimpleNamespace(job_id="42", state="FAILED", paths=SimpleNamespace(stderr="x.err"))
+    result = WaitForEveryJob.dead_job(launcher, job, ["a=1"], 0, RuntimeError("killed"))
+    assert result.return_value == expected
