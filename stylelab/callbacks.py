@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from stylelab.errors import StyleLabError
 from stylelab.outputs import SUMMARY_FILE, write_json
+from stylelab.pareto import number, pareto_optimal, return_keys
 
 log = logging.getLogger("stylelab")
 JOBS_FILE = "jobs.json"  # a sweep's job list, written by stylelab's sequential launcher
@@ -132,6 +133,37 @@ def job_line(job: Path, summary: dict[str, Any]) -> tuple[int, str]:
     return logging.ERROR, f"  job {job.name}: {status}: {error}"
 
 
+def directions(config: DictConfig) -> list[str]:
+    """The sweeper's directions (`minimize`/`maximize`, one per objective); none for a sweeper
+    without them (each objective is then minimised)."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if direction is None or isinstance(direction, str):
+        return [direction or "minimize"]
+    return [str(d) for d in direction]
+
+
+def pareto_line(
+    results: list[tuple[Path, dict[str, Any]]], keys: list[str], directions: list[str]
+) -> str:
+    """The sweep's Pareto-optimal finished jobs for the objectives `keys` (`sweep_returns`)."""
+    directions = (directions + ["minimize"] * len(keys))[: len(keys)]
+    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    done = [(job, summary) for job, summary in results if summary.get("status") == "finished"]
+    points = [
+        [s * number(summary.get(k)) for s, k in zip(signs, keys, strict=True)]
+        for _, summary in done
+    ]
+    best = [done[i] for i in pareto_optimal(points)]
+    goal = ", ".join(f"{d.removesuffix('e')}ing {k}" for d, k in zip(directions, keys, strict=True))
+    if not best:
+        return f"Pareto-optimal trials ({goal}): none, no finished job recorded all of {', '.join(keys)}"
+    listed = "; ".join(
+        f"job {job.name} ({', '.join(f'{k} {number(summary.get(k)):.4g}' for k in keys)})"
+        for job, summary in best
+    )
+    return f"Pareto-optimal trials ({goal}): {listed}"
+
+
 class SweepSummary(Callback):
     """Logs one line per job when a multirun ends; exits non-zero if any job did not finish.
 
@@ -168,6 +200,9 @@ class SweepSummary(Callback):
             log.log(*job_line(job, summary))
         for job in never:
             log.error("  job %d: never started (%s)", job["num"], " ".join(job["overrides"]))
+        keys = return_keys(config.get("sweep_returns", "final/total"))
+        if len(keys) > 1:
+            log.info("%s", pareto_line(results, keys, directions(config)))
         exit_code = jobs.exit_code()
         if exit_code is not None:
             sys.exit(exit_code)

@@ -156,6 +156,9 @@ class Config:
     cache_dir: str | None = None  # downloaded images (default ~/.cache/stylelab)
     max_input_pixels: int = DEFAULT_MAX_PIXELS  # larger inputs are refused (decompression bombs)
     debug: bool = False  # show tracebacks for errors
+    # what a run returns to a sweeper: a summary key, or a list of them for a multi-objective
+    # sweeper (hparams_search=pareto: [eval/content, eval/style]); a failed run returns inf each
+    sweep_returns: Any = "final/total"
 
 
 def validate(cfg: Config) -> None:
@@ -174,6 +177,15 @@ def validate(cfg: Config) -> None:
 
 def _finite_at_least(value: float, low: float, strict: bool = False) -> bool:
     return math.isfinite(value) and (value > low if strict else value >= low)
+
+
+def _names_summary_keys(setting: Any) -> bool:
+    keys = [setting] if isinstance(setting, str) else setting
+    return (
+        isinstance(keys, list | tuple)
+        and len(keys) > 0
+        and all(isinstance(key, str) and key.strip() for key in keys)
+    )
 
 
 def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
@@ -197,6 +209,13 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         cfg.precision in ("auto", "fp32", "bf16"),
         f"precision={cfg.precision}: use auto, fp32 or bf16",
+    )
+    yield (
+        _names_summary_keys(cfg.sweep_returns),
+        (
+            f"sweep_returns={cfg.sweep_returns}: give a summary key such as final/total, or a list "
+            "such as [eval/content,eval/style]"
+        ),
     )
     yield cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"
     yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import sys
@@ -21,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
 from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock
+from stylelab.pareto import failed_return, sweep_return
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
@@ -82,12 +82,13 @@ def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
 
 @overrides_checked
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run one synthesis; returns the final total loss (the objective sweepers minimise)."""
+def main(cfg: DictConfig) -> float | list[float]:
+    """Run one synthesis; returns what `sweep_returns` names (default the final total loss, the
+    objective sweepers minimise; a list of floats for a multi-objective sweeper)."""
     return drive(job_steps(cfg))
 
 
-def job_steps(cfg: DictConfig) -> JobSteps[float]:
+def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
     """`main` in steps (see `stylelab.runner.JobSteps`), for the batching launcher: set up the
     job (inside its Hydra job context), yield its synthesis, then report and return."""
     hydra_cfg = HydraConfig.get()
@@ -96,6 +97,8 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     started = False  # run_synthesis writes the summary of a run it started
     held = [run_dir]  # the run folders this job locks (a resumed one too)
+    returns = cfg.get("sweep_returns", "final/total")
+    returns = returns if isinstance(returns, str) else list(returns)
     try:
         asked_to_resume = bool(cfg.resume)
         cfg, run_dir = prepare_run(cfg, run_dir, overrides)
@@ -121,14 +124,14 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
         started = True
         summary = yield from synthesis_steps(config, run_dir, tracker, info)
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
-        return float(summary.get("final/total", math.nan))
+        return sweep_return(summary, config.sweep_returns)
     except Interrupted as error:
         log.error(
             "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s", error, run_dir
         )
         if multirun:
             if submitit_requeue(error):  # a SLURM job submitit could not requeue: report, go on
-                return math.inf
+                return failed_return(returns)
             raise
         sys.exit(error.exit_code)
     except KeyboardInterrupt:  # the stop signal repeated after the grace period, or came early
@@ -150,7 +153,7 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
         fresh = not started and not cfg.get("resume")
         record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
         if multirun:
-            return math.inf
+            return failed_return(returns)
         sys.exit(EXIT_FAILED)
     finally:
         unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process

@@ -3,8 +3,8 @@
 The plugin's `launch()` ends with `[job.results()[0] for job in jobs]`, which raises on the first
 job that left no result (killed with `scancel --signal=KILL`, out of memory, node failure), before
 the other jobs end and before the `on_multirun_end` callbacks run. These subclasses wrap the jobs
-the executor returns: a dead job becomes a completed `JobReturn` with return value inf (what a
-failed run returns in a multirun) plus an error line naming the cluster job, its state and the
+the executor returns: a dead job becomes a completed `JobReturn` with return value inf, one per
+objective of `sweep_returns` (what a failed run returns in a multirun) plus an error line naming the cluster job, its state and the
 job folder. `jobs_per_task` packs several sweep jobs into each array task, run as one batch
 (`packed_task`). `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import shlex
 import sys
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
+from stylelab.pareto import failed_return
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -142,7 +142,7 @@ class WaitForEveryJob:
             working_dir=str(job_dir),
             task_name=self.config.hydra.job.name,
             status=JobStatus.COMPLETED,
-            _return_value=math.inf,
+            _return_value=failed_return(self.config.get("sweep_returns", "final/total")),
         )
 
     def job_dir(self, overrides: Sequence[str], num: int, job_id: str) -> Path:
