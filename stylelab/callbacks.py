@@ -138,18 +138,18 @@ def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def job_line(job: Path, summary: dict[str, Any], settings: str = "") -> tuple[int, str]:
-    """(log level, line) for one job of the summary; `settings`: e.g. " (style_weight=1e+06)"."""
+    """(log level, line) for one job of the summary; `settings`: e.g. " [style_weight=1e+06]"."""
     status, error = summary.get("status"), summary.get("error", "see its run.log")
     total = summary.get("final/total")
-    name = f"  job {job.name}{settings}"
+    name = f"  job {job.name}"
     if status == "finished" and isinstance(total, float):
-        return logging.INFO, f"{name}: finished, final total {total:.4g}"
+        return logging.INFO, f"{name}: finished, final total {total:.4g}{settings}"
     if status == "interrupted" and summary.get("checkpoint", True):
         resume = f"continue with: python -m stylelab.run resume={job}"
-        return logging.ERROR, f"{name}: interrupted ({error}); {resume}"
+        return logging.ERROR, f"{name}: interrupted ({error}){settings}; {resume}"
     if status == "interrupted":
-        return logging.ERROR, f"{name}: interrupted at once, no checkpoint ({error})"
-    return logging.ERROR, f"{name}: {status}: {error}"
+        return logging.ERROR, f"{name}: interrupted at once, no checkpoint ({error}){settings}"
+    return logging.ERROR, f"{name}: {status}: {error}{settings}"
 
 
 def job_overrides(job: Path) -> list[str]:
@@ -162,7 +162,7 @@ def job_overrides(job: Path) -> list[str]:
 
 
 def settings_of(jobs: list[Path], command_keys: list[str]) -> dict[Path, str]:
-    """Each job's swept settings, e.g. " (style_weight=1e+06, layers=approach1)": the keys the
+    """Each job's swept settings, e.g. " [style_weight=1e+06, layers=approach1]": the keys the
     command sweeps and those whose values differ between the jobs."""
     parsed = [Job(job.name, parse_overrides(job_overrides(job))) for job in jobs]
     keys = list(dict.fromkeys([*command_keys, *swept_keys(parsed)[1]]))
@@ -170,7 +170,7 @@ def settings_of(jobs: list[Path], command_keys: list[str]) -> dict[Path, str]:
     settings = {}
     for path, job in zip(jobs, parsed, strict=True):
         shown = [f"{key}={label(job.overrides[key])}" for key in keys if key in job.overrides]
-        settings[path] = f" ({', '.join(shown)})" if shown else ""
+        settings[path] = f" [{', '.join(shown)}]" if shown else ""
     return settings
 
 

@@ -94,7 +94,7 @@ def test_a_bad_job_fails_alone_with_its_one_line(sweeps) -> None:
     refused = [batched / "4", batched / "5"]  # style_weight=-1
     diverged = [batched / "6", batched / "7"]  # style_weight=1e39
     assert all(_status(job) == "failed" for job in refused + diverged)
-    assert "job 4 (style_weight=-1, layers=approach1): failed: style_weight=-1.0: must be" in log
+    assert "job 4: failed: style_weight=-1.0: must be >= 0 and finite" in log
     assert "the loss became inf at step 0" in log
     assert "4 of 8 jobs succeeded" in log and "Traceback" not in log
 
