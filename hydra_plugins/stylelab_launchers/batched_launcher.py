@@ -107,7 +107,7 @@ class BatchedLauncher(SequentialLauncher):
                     worker.batches.put(None)
             if received:
                 self.stop(jobs, received[0])
-        return [self.returns[num] for num, _ in numbered if num in self.returns]
+        return self.in_order(self.returns)
 
     # -- the two halves of a job, in this (the main) thread ------------------------------------
 

@@ -32,7 +32,7 @@ from hydra.core.utils import (
 from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict
 
-from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs
+from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs, skipped_result
 from stylelab.callbacks import SweepJobs
 from stylelab.signals import stop_on_signals
 
@@ -47,7 +47,7 @@ class SequentialLauncher(BasicLauncher):
     ) -> Sequence[JobReturn]:
         jobs, numbered = self.plan(job_overrides, initial_job_idx)
         log.info("Launching %d jobs locally", len(numbered))
-        runs: list[JobReturn] = []
+        runs: dict[int, JobReturn] = {}
         with stop_on_signals() as received:
             try:
                 for num, overrides in numbered:
@@ -55,15 +55,15 @@ class SequentialLauncher(BasicLauncher):
                         break
                     config = self.compose(num, overrides)
                     if config is None:
-                        runs.append(self.refused(jobs, num, overrides))
+                        runs[num] = self.refused(jobs, num, overrides)
                         continue
                     jobs.started(num)
-                    runs.append(self.run_one(config))
+                    runs[num] = self.run_one(config)
             except KeyboardInterrupt:  # the signal repeated after the grace period
                 pass
             if received:
                 self.stop(jobs, received[0])
-        return runs
+        return self.in_order(runs)
 
     def plan(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -77,9 +77,9 @@ class SequentialLauncher(BasicLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = SweepJobs(sweep_dir)
-        numbered, skipped = number_jobs(
-            sweep_dir, jobs.data["jobs"], job_overrides, initial_job_idx
-        )
+        self.order = number_jobs(sweep_dir, jobs.data["jobs"], job_overrides, initial_job_idx)
+        numbered = [(num, o) for num, o in self.order if isinstance(num, int)]
+        skipped = [(folder.name, o) for folder, o in self.order if isinstance(folder, Path)]
         for name, overrides in skipped:
             shown = " ".join(filter_overrides(overrides))
             log.info("\tskipped %s: already finished in job %s", shown, name)
@@ -87,6 +87,17 @@ class SequentialLauncher(BasicLauncher):
         self._planned = True
         jobs.plan(numbered, skipped, first)
         return jobs, numbered
+
+    def in_order(self, returns: dict[int, JobReturn]) -> list[JobReturn]:
+        """One result per job given to `launch`, in its order, as sweepers expect (a skipped job:
+        its finished twin's); jobs a stop signal kept from starting have none."""
+        assert self.config is not None
+        task_name = self.config.hydra.job.name
+        return [
+            skipped_result(job, overrides, task_name) if isinstance(job, Path) else returns[job]
+            for job, overrides in self.order
+            if isinstance(job, Path) or job in returns
+        ]
 
     def compose(self, num: int, overrides: list[str]) -> DictConfig | None:
         """Job `num`'s config; None (logged) if its folder holds a run it cannot continue."""

@@ -10,13 +10,16 @@ overrides again gives them a new job.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
 
-from stylelab.outputs import RunFolder, was_interrupted
+from stylelab.outputs import SUMMARY_FILE, RunFolder, was_interrupted
 from stylelab.resume import resumable
 
 
@@ -62,9 +65,10 @@ def number_jobs(
     planned: list[dict[str, Any]],
     job_overrides: Sequence[Sequence[str]],
     first_num: int,
-) -> tuple[list[tuple[int, list[str]]], list[tuple[str, list[str]]]]:
-    """(jobs to run as (number, overrides), skipped jobs as (finished job's folder name,
-    overrides)). `planned`: the sweep's `jobs.json` entries (num, overrides, started)."""
+) -> list[tuple[int | Path, list[str]]]:
+    """Each job of `job_overrides`, in order, as (its number, overrides) to run it, or (the
+    folder of the finished job it repeats, overrides) to skip it. `planned`: the sweep's
+    `jobs.json` entries (num, overrides, started)."""
     earlier = earlier_jobs(sweep_dir)
     taken = {e.num for e in earlier if e.num is not None} | {int(j["num"]) for j in planned}
     next_num = max(taken) + 1 if taken else first_num
@@ -76,15 +80,26 @@ def number_jobs(
     for e in earlier:  # interrupted jobs continue in their folders
         if e.interrupted and e.num is not None:
             continued[loose(e.overrides)] = e.num
-    numbered: list[tuple[int, list[str]]] = []
-    skipped: list[tuple[str, list[str]]] = []
+    jobs: list[tuple[int | Path, list[str]]] = []
     for overrides in map(list, job_overrides):
         done = finished.pop(exact(overrides), None)
-        if done is not None:
-            skipped.append((done.folder.name, overrides))
-            continue
-        num = continued.pop(loose(overrides), None)
-        if num is None:
+        num = None if done else continued.pop(loose(overrides), None)
+        if done is None and num is None:
             num, next_num = next_num, next_num + 1
-        numbered.append((num, overrides))
-    return numbered, skipped
+        jobs.append((done.folder if done else num, overrides))  # type: ignore[arg-type]
+    return jobs
+
+
+def skipped_result(folder: Path, overrides: list[str], task_name: str) -> JobReturn:
+    """A skipped job's result: the final total its finished twin in `folder` returned."""
+    try:
+        total = float(json.loads((folder / SUMMARY_FILE).read_text()).get("final/total", "nan"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        total = math.nan
+    return JobReturn(
+        overrides=overrides,
+        working_dir=str(folder),
+        task_name=task_name,
+        status=JobStatus.COMPLETED,
+        _return_value=total,
+    )
