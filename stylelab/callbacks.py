@@ -189,7 +189,9 @@ def redone(results: list[tuple[Path, dict[str, Any]]]) -> dict[Path, str]:
 
 
 class SweepSummary(Callback):
-    """Logs one line per job when a multirun ends; exits non-zero if any job did not finish.
+    """Logs one line per job of the sweep folder (earlier commands' jobs too), each with its
+    swept settings, when a multirun ends; exits non-zero if any job did not finish (a killed or
+    failed job whose overrides a later job ran to the end does not count) or was refused.
 
     A sweep stopped by a signal (stylelab's sequential launcher) also lists the jobs that never
     started and exits 128 + the signal (130 for Ctrl-C).
