@@ -90,8 +90,9 @@ def unlock(*folders: str | Path) -> None:
 class RunFolder:
     """The files of one run, all under `root`."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, folder_key: str = "hydra.run.dir"):
         self.root = Path(root)
+        self.folder_key = folder_key  # the key that picks this folder, for messages
         self.frames_dir = self.root / "frames"
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -235,7 +236,7 @@ class RunFolder:
             os.close(fd)
             raise RunFolderError(
                 f"{self.root} is in use by another run ({holder}): wait for it to end, or give "
-                "this run another folder (leave hydra.run.dir unset for a new one)"
+                f"this run another folder (leave {self.folder_key} unset for a new one)"
             ) from None
         except OSError as error:  # a file system without locks: run unguarded
             os.close(fd)
@@ -272,7 +273,7 @@ class RunFolder:
         )
         raise RunFolderError(
             f"{self.root} already holds {article} {earlier} run: {resume}start a new run in "
-            "another folder (leave hydra.run.dir unset for a new one)"
+            f"another folder (leave {self.folder_key} unset for a new one)"
         )
 
 

@@ -198,8 +198,11 @@ def check_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
         )
 
 
-def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+def prepare_run(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], folder_key: str = "hydra.run.dir"
+) -> tuple[DictConfig, Path]:
     """Hold the run's folder and settle what the run continues: (config, folder). Writes nothing.
+    `folder_key`: the key that picks the folder, for messages (a multirun's: hydra.sweep.dir).
 
     A new run needs a folder no other run holds or has used; a folder with an interrupted run
     (a requeued job) or `resume=` continues that run, changing only what `RESUMABLE` allows.
@@ -213,12 +216,12 @@ def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[D
         RunFolder(run_dir).lock()
         resume = fetch(cfg, str(resume), run_dir)
     if not resume:
-        folder = RunFolder(run_dir)
+        folder = RunFolder(run_dir, folder_key)
         folder.lock()
         folder.check_fresh()
         return cfg, folder.root
     cfg = resumed_config(cfg, overrides, resume)  # first: a wrong resume= creates no folder
-    RunFolder(run_dir).lock()  # a multirun job's own folder, else the same as the run's
+    RunFolder(run_dir, folder_key).lock()  # a multirun job's own folder, else the run's
     folder = RunFolder(cfg.resume)
     folder.lock()
     check_steps(cfg, check_checkpoint(folder, cfg))

@@ -19,7 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock
+from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, RunFolderError, unlock
 from stylelab.pareto import failed_return, sweep_return
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
@@ -27,6 +27,7 @@ from stylelab.resume import prepare_run
 from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, JobSteps, drive, synthesis_steps
 from stylelab.signals import Interrupted
 from stylelab.slurm import submitit_requeue
+from stylelab.swept import multirun_sweep_keys, override_key, typed_value
 from stylelab.tracking import RunInfo, make_tracker
 
 log = logging.getLogger("stylelab")
@@ -36,10 +37,12 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 NAME_EXCLUDED = ("resume", "logger", "hydra", "debug")
 
 
-def run_name(overrides: list[str]) -> str:
-    """A readable name from the job's overrides, e.g. `style_weight=1e6,layers=approach2`."""
-    kept = [o for o in overrides if not o.lstrip("+~").split("=")[0].startswith(NAME_EXCLUDED)]
-    return ",".join(kept) or "defaults"
+def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
+    """A readable name from the job's overrides, e.g. `style_weight=1e6,layers=approach2`: only
+    the `swept` keys' (a multirun's) where any of them is set, else every override."""
+    kept = [o for o in overrides if not override_key(o).startswith(NAME_EXCLUDED)]
+    short = [o for o in kept if override_key(o) in (swept or ())]
+    return ",".join(short or kept) or "defaults"
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
@@ -101,7 +104,8 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
     returns = returns if isinstance(returns, str) else list(returns)
     try:
         asked_to_resume = bool(cfg.resume)
-        cfg, run_dir = prepare_run(cfg, run_dir, overrides)
+        folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        cfg, run_dir = prepare_run(cfg, run_dir, overrides, folder_key)
         held.append(run_dir)
         if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
             log.info("%s holds an interrupted run: resuming it", run_dir)
@@ -113,10 +117,15 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
+        swept = (
+            multirun_sweep_keys(hydra_cfg.sweep.dir, hydra_cfg.sweeper.get("params"))
+            if multirun
+            else None
+        )
         info = RunInfo(
             config=resolved,
             run_dir=run_dir,
-            name=run_name(overrides),
+            name=run_name(overrides, swept),
             group=sweep_group(cfg),
             tags=[config.pair.name, config.layers.name, config.optim.name, *config.logger.tags],
             swept=swept_values(config, overrides),
@@ -149,9 +158,10 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
             str(error) if isinstance(error, StyleLabError) else describe_os_error(error, run_dir)
         )
         log.error("%s", message)
-        # A refused resume leaves the earlier run's summary as it was.
-        fresh = not started and not cfg.get("resume")
-        record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
+        # A refused resume, or a folder that holds another run, keeps that run's summary as it was.
+        if not isinstance(error, RunFolderError):
+            fresh = not started and not cfg.get("resume")
+            record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
         if multirun:
             return failed_return(returns)
         sys.exit(EXIT_FAILED)
@@ -174,7 +184,8 @@ def logger_options(config: Config) -> dict[str, Any]:
 
 
 def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
-    """The hyperparameters a comparison table shows: the usual knobs plus every override."""
+    """The hyperparameters a comparison table shows: the usual knobs plus every override (its
+    value as Hydra reads it: numbers stay numbers)."""
     values: dict[str, Any] = {
         "pair": config.pair.name,
         "layers": config.layers.name,
@@ -190,7 +201,7 @@ def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if not key.startswith(NAME_EXCLUDED):
-            values.setdefault(key, value)
+            values.setdefault(key, typed_value(value))
     return values
 
 

@@ -22,11 +22,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from hydra.core.utils import JobReturn, filter_overrides
-from omegaconf import open_dict
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
-from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher, job_config
+from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
 from stylelab import runner
 from stylelab.factory import sharing_vgg
 from stylelab.signals import stop_on_signals
@@ -81,7 +81,11 @@ class BatchedLauncher(SequentialLauncher):
                     if received:
                         break
                     place = index % len(workers)
-                    job = self._open(num, overrides, workers[place].device)
+                    config = self.compose(num, overrides)
+                    if config is None:
+                        self.returns[num] = self.refused(jobs, num, overrides)
+                        continue
+                    job = self._open(config, workers[place].device)
                     jobs.started(num)
                     if job.request is None:
                         self._close(job)
@@ -103,15 +107,12 @@ class BatchedLauncher(SequentialLauncher):
                     worker.batches.put(None)
             if received:
                 self.stop(jobs, received[0])
-        return [self.returns[num] for num, _ in numbered if num in self.returns]
+        return self.in_order(self.returns)
 
     # -- the two halves of a job, in this (the main) thread ------------------------------------
 
-    def _open(self, num: int, overrides: list[str], device: str | None) -> Job:
-        """Set the job up as Hydra's `run_job` does, then run it to its synthesis."""
-        assert self.hydra_context is not None and self.config is not None
-        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        config = job_config(self.hydra_context, self.config, overrides, num)
+    def _open(self, config: DictConfig, device: str | None) -> Job:
+        """Set the job of `config` up as Hydra's `run_job` does, then run it to its synthesis."""
         with open_dict(config):
             if device is not None and (self.explicit or config.get("device") == "auto"):
                 config.device = device

@@ -381,7 +381,10 @@ class WandbTracker(Tracker):
         import wandb
 
         assert self.info is not None
-        hyper = {key: str(value) for key, value in self.info.swept.items()}
+        hyper = {  # numbers stay numbers: the table sorts and plots them
+            key: value if isinstance(value, (bool, int, float)) else str(value)
+            for key, value in self.info.swept.items()
+        }
         finals = {key: value for key, value in summary.items() if key.startswith("final/")}
         columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
         images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
