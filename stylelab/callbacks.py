@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from stylelab.errors import StyleLabError
-from stylelab.outputs import SUMMARY_FILE, write_json
+from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, write_json
 
 log = logging.getLogger("stylelab")
 JOBS_FILE = "jobs.json"  # a sweep's job list, written by stylelab's sequential launcher
@@ -129,6 +129,8 @@ def job_line(job: Path, summary: dict[str, Any]) -> tuple[int, str]:
         return logging.ERROR, f"  job {job.name}: interrupted ({error}); {resume}"
     if status == "interrupted":
         return logging.ERROR, f"  job {job.name}: interrupted at once, no checkpoint ({error})"
+    if status == NOT_STARTED:
+        return logging.ERROR, f"  job {job.name}: never started ({error})"
     return logging.ERROR, f"  job {job.name}: {status}: {error}"
 
 
@@ -136,7 +138,8 @@ class SweepSummary(Callback):
     """Logs one line per job when a multirun ends; exits non-zero if any job did not finish.
 
     A sweep stopped by a signal (stylelab's sequential launcher) also lists the jobs that never
-    started and exits 128 + the signal (130 for Ctrl-C).
+    started (not launched, or set up and stopped before their first step: summary status "not
+    started") and exits 128 + the signal (130 for Ctrl-C).
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -145,6 +148,7 @@ class SweepSummary(Callback):
         jobs = SweepJobs(sweep_dir)
         failed = [job for job, summary in results if summary.get("status") != "finished"]
         never = jobs.never_started()
+        set_up = sum(summary.get("status") == NOT_STARTED for _, summary in results)
         succeeded = len(results) - len(failed)
         stopped_by = jobs.data.get("stopped_by")
         if stopped_by:
@@ -153,8 +157,8 @@ class SweepSummary(Callback):
                 stopped_by,
                 succeeded,
                 len(results) + len(never),
-                len(failed),
-                len(never),
+                len(failed) - set_up,
+                len(never) + set_up,
                 sweep_dir,
             )
         else:

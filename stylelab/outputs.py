@@ -36,6 +36,7 @@ FINAL_IMAGE = "final.png"
 GIF_FILE = "synthesis.gif"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
 RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
+NOT_STARTED = "not started"  # a summary's status: set up, stopped before its first step
 
 _held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
 
@@ -237,7 +238,7 @@ class RunFolder:
     def check_fresh(self) -> None:
         """Refuse to start a new run where an earlier one left its files."""
         earlier = self.earlier_run()
-        if earlier is None:
+        if earlier in (None, NOT_STARTED):  # a run that never took a step may start here anew
             return
         article = "an" if earlier[0] in "aeiou" else "a"
         more = " steps=<more>" if earlier == "finished" else ""

@@ -25,10 +25,10 @@ from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressB
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis, vgg_key
-from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
-from stylelab.signals import Interrupted, stop_on_signals
+from stylelab.signals import Interrupted, NotStarted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ def run_synthesis(
 
     The tracker run is always finished: exit code 0 on success, 1 on failure, 128+signal
     when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
-    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`).
+    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`). A
+    launcher that stops before the synthesis runs throws it `NotStarted`: the summary of a new
+    run then says "not started" (a later run may use the folder afresh).
     """
     return drive(synthesis_steps(cfg, run_dir, tracker, info))
 
@@ -107,6 +109,12 @@ def synthesis_steps(
                 return (yield from _synthesize(cfg, folder, tracker, checkpoint, received))
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
+        except NotStarted as error:  # never stepped: a resumed run keeps its summary
+            summary = {"status": NOT_STARTED, "error": str(error)}
+            if checkpoint is None:
+                folder.write_summary(summary)
+            tracker.finish(error.exit_code, summary)
+            raise
         except BaseException as error:
             interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
             exit_code = (
