@@ -225,6 +225,14 @@ class RunFolder:
     def unlock(self) -> None:
         unlock(self.root)
 
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary.json; {} if there is none or it cannot be read."""
+        try:
+            summary = json.loads((self.root / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
     def earlier_run(self) -> str | None:
         """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
         if not any((self.root / name).exists() for name in RUN_FILES):

@@ -98,7 +98,10 @@ def synthesis_steps(
         raise StyleLabError(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
-    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
+    # A run that never took a step (NOT_STARTED) continues its tracker run, as a resumed one does.
+    earlier = folder.read_summary() if checkpoint is None else {}
+    unused = earlier.get("tracker_run_id") if earlier.get("status") == NOT_STARTED else None
+    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id") or unused
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
         tracker.start(info)
@@ -110,7 +113,7 @@ def synthesis_steps(
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except NotStarted as error:  # never stepped: a resumed run keeps its summary
-            summary = {"status": NOT_STARTED, "error": str(error)}
+            summary = {"status": NOT_STARTED, "error": str(error), "tracker_run_id": tracker.run_id}
             if checkpoint is None:
                 folder.write_summary(summary)
             tracker.finish(error.exit_code, summary)

@@ -23,17 +23,15 @@ from omegaconf import OmegaConf
 from hydra_plugins.stylelab_launchers import packed_task
 from hydra_plugins.stylelab_launchers.batch_jobs import Job
 from hydra_plugins.stylelab_launchers.submitit_launchers import SlurmLauncher, WatchedTask
-from stylelab import signals, slurm
+from stylelab import runner, signals, slurm
 from stylelab.callbacks import SweepSummary
 from stylelab.engine.batch import BatchJob
-from stylelab.signals import Interrupted
+from stylelab.outputs import RunFolder
+from stylelab.signals import Interrupted, NotStarted
+from stylelab.tracking import NullTracker, RunInfo
+from tests.test_robustness import tiny_config
 
 JOBS = 32
-
-
-def not_started(outcome: object) -> bool:
-    """The outcome a launcher hands a job it does not start (`stylelab.signals.NotStarted`)."""
-    return type(outcome).__name__ == "NotStarted"
 
 
 def stop_signal() -> None:
@@ -112,8 +110,8 @@ def test_a_packed_task_signalled_in_its_second_job_starts_nothing_more(packed, m
     assert jobs.ran == [0, 1], "a job started after the stop signal"
     assert jobs.outcomes[0] == "finished"
     assert isinstance(jobs.outcomes[1], Interrupted)
-    assert not not_started(jobs.outcomes[1])
-    assert all(not_started(jobs.outcomes[num]) for num in range(2, JOBS))
+    assert not isinstance(jobs.outcomes[1], NotStarted)
+    assert all(isinstance(jobs.outcomes[num], NotStarted) for num in range(2, JOBS))
     assert len(requeues) == 1 and requeues[0].signum == signal.SIGTERM
     assert set(task.done) == {0}  # what the requeued task keeps
     again = FakeJobs()  # the requeued task (submitit pickled it with `done`)
@@ -128,7 +126,7 @@ def test_a_signal_while_jobs_are_set_up_stops_the_setting_up(packed, monkeypatch
     jobs = FakeJobs(signal_in_open=3)
     returns = run_task(task, jobs, monkeypatch)  # the requeue was declined (a cancel): it returns
     assert jobs.opened == [0, 1, 2, 3] and jobs.ran == []
-    assert all(not_started(jobs.outcomes[num]) for num in range(4))
+    assert all(isinstance(jobs.outcomes[num], NotStarted) for num in range(4))
     assert len(requeues) == 1 and not task.done
     assert [r.return_value for r in returns[:4]] == [math.inf] * 4
     assert returns[4:] == [None] * (JOBS - 4)  # never set up
@@ -184,3 +182,27 @@ def test_a_finished_job_of_a_dead_task_keeps_its_result_and_unset_jobs_never_sta
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": tmp_path}}}))
     lines = [r.message for r in caplog.records]
     assert any("job 2: never started (its array task 7_0 was stopped" in line for line in lines)
+
+
+class IdTracker(NullTracker):
+    """A tracker whose runs have ids: a new one, or the one it was asked to continue."""
+
+    def start(self, info: RunInfo) -> None:
+        self.run_id = info.resume_id or f"run-{id(self)}"
+
+
+def test_a_job_that_never_started_starts_afresh_in_its_folder_and_its_tracker_run(tmp_path):
+    cfg = tiny_config(steps=2)
+    first = IdTracker()
+    job = runner.synthesis_steps(cfg, tmp_path, first, RunInfo({}, tmp_path, "j"))
+    next(job)  # set up, its synthesis ready: then the launcher stops before running it
+    with pytest.raises(Interrupted):
+        job.throw(NotStarted(signal.SIGTERM))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "not started" and summary["tracker_run_id"] == first.run_id
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "losses.jsonl").exists()
+    RunFolder(tmp_path).check_fresh()  # a new run may use the folder
+    again = IdTracker()
+    runner.run_synthesis(cfg, tmp_path, again, RunInfo({}, tmp_path, "j"))
+    assert again.run_id == first.run_id  # one tracker run, not an empty one left behind
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"

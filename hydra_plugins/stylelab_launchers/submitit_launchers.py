@@ -12,7 +12,6 @@ job folder. `jobs_per_task` packs several sweep jobs into each array task, run a
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
@@ -32,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
-from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, write_json
+from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, write_json
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -124,7 +123,7 @@ class WaitForEveryJob:
         """The `JobReturn` of sweep job `num` of array task `job`, which ended without a
         result; logs why. A job that finished before its task died returns its final total."""
         job_dir = self.job_dir(overrides, num, job.job_id)
-        summary = read_summary(job_dir)
+        summary = RunFolder(job_dir).read_summary()
         if summary.get("status") == "finished":
             log.info("job #%d had finished before its task %s ended", num, job.job_id)
             return self.job_return(overrides, job_dir, summary.get("final/total", math.nan))
@@ -176,15 +175,6 @@ class WaitForEveryJob:
             cfg = job_config(self.hydra_context, self.config, overrides, num, job_id)
             return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
         return Path(str(self.config.hydra.sweep.dir)) / str(num)
-
-
-def read_summary(job_dir: Path) -> dict[str, Any]:
-    """The job's summary.json, {} if it has none (or an unreadable one)."""
-    try:
-        summary = json.loads((job_dir / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def reason(error: Exception) -> str:
