@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from stylelab.errors import StyleLabError
-from stylelab.outputs import SUMMARY_FILE, write_json
+from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, write_json
 from stylelab.pareto import number, pareto_optimal, return_keys
 from stylelab.report import IGNORED_KEYS, Job, label, parse_overrides, swept_keys
 from stylelab.swept import sweep_keys
@@ -150,6 +150,8 @@ def job_line(job: Path, summary: dict[str, Any], settings: str = "") -> tuple[in
         return logging.ERROR, f"{name}: interrupted ({error}){settings}; {resume}"
     if status == "interrupted":
         return logging.ERROR, f"{name}: interrupted at once, no checkpoint ({error}){settings}"
+    if status == NOT_STARTED:
+        return logging.ERROR, f"{name}: never started ({error}){settings}"
     return logging.ERROR, f"{name}: {status}: {error}{settings}"
 
 
@@ -226,7 +228,8 @@ class SweepSummary(Callback):
     failed job whose overrides a later job ran to the end does not count) or was refused.
 
     A sweep stopped by a signal (stylelab's sequential launcher) also lists the jobs that never
-    started and exits 128 + the signal (130 for Ctrl-C).
+    started (not launched, or set up and stopped before their first step: summary status "not
+    started") and exits 128 + the signal (130 for Ctrl-C).
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -242,6 +245,7 @@ class SweepSummary(Callback):
         command_keys = sweep_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
         settings = settings_of([job for job, _ in results], command_keys)
         never = jobs.never_started()
+        set_up = sum(summary.get("status") == NOT_STARTED for _, summary in results)
         succeeded = sum(summary.get("status") == "finished" for _, summary in results)
         stopped_by = jobs.data.get("stopped_by")
         if stopped_by:
@@ -250,8 +254,8 @@ class SweepSummary(Callback):
                 stopped_by,
                 succeeded,
                 len(results) + len(never),
-                len(failed),
-                len(never),
+                len(failed) - set_up,
+                len(never) + set_up,
                 sweep_dir,
             )
         else:

@@ -38,6 +38,7 @@ GIF_FILE = "synthesis.gif"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
 RUN_ID_FILE = "run_id"  # the run's id, written when it starts; its checkpoints carry it too
 RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
+NOT_STARTED = "not started"  # a summary's status: set up, stopped before its first step
 
 _held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
 
@@ -249,6 +250,14 @@ class RunFolder:
     def unlock(self) -> None:
         unlock(self.root)
 
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary.json; {} if there is none or it cannot be read."""
+        try:
+            summary = json.loads((self.root / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
     def earlier_run(self) -> str | None:
         """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
         if not any((self.root / name).exists() for name in RUN_FILES):
@@ -262,7 +271,7 @@ class RunFolder:
     def check_fresh(self) -> None:
         """Refuse to start a new run where an earlier one left its files."""
         earlier = self.earlier_run()
-        if earlier is None:
+        if earlier in (None, NOT_STARTED):  # a run that never took a step may start here anew
             return
         article = "an" if earlier[0] in "aeiou" else "a"
         more = " steps=<more>" if earlier == "finished" else ""

@@ -25,7 +25,7 @@ from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
 from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, JobSteps, drive, synthesis_steps
-from stylelab.signals import Interrupted
+from stylelab.signals import Interrupted, NotStarted
 from stylelab.slurm import submitit_requeue
 from stylelab.swept import multirun_sweep_keys, override_key, typed_value
 from stylelab.tracking import RunInfo, make_tracker
@@ -135,9 +135,14 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
         return sweep_return(summary, config.sweep_returns)
     except Interrupted as error:
-        log.error(
-            "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s", error, run_dir
-        )
+        if isinstance(error, NotStarted):
+            log.error("never started: %s; a re-run of the sweep runs it", error)
+        else:
+            log.error(
+                "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s",
+                error,
+                run_dir,
+            )
         if multirun:
             if submitit_requeue(error):  # a SLURM job submitit could not requeue: report, go on
                 return failed_return(returns)

@@ -26,10 +26,10 @@ from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.factory import Built, build_synthesis, vgg_key
 from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
-from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
-from stylelab.signals import Interrupted, stop_on_signals
+from stylelab.signals import Interrupted, NotStarted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ def run_synthesis(
 
     The tracker run is always finished: exit code 0 on success, 1 on failure, 128+signal
     when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
-    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`).
+    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`). A
+    launcher that stops before the synthesis runs throws it `NotStarted`: the summary of a new
+    run then says "not started" (a later run may use the folder afresh).
     """
     return drive(synthesis_steps(cfg, run_dir, tracker, info))
 
@@ -97,7 +99,10 @@ def synthesis_steps(
         raise StyleLabError(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
-    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
+    # A run that never took a step (NOT_STARTED) continues its tracker run, as a resumed one does.
+    earlier = folder.read_summary() if checkpoint is None else {}
+    unused = earlier.get("tracker_run_id") if earlier.get("status") == NOT_STARTED else None
+    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id") or unused
     run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
     known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
@@ -114,6 +119,12 @@ def synthesis_steps(
                 )
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
+        except NotStarted as error:  # never stepped: a resumed run keeps its summary
+            summary = {"status": NOT_STARTED, "error": str(error), "tracker_run_id": tracker.run_id}
+            if checkpoint is None:
+                folder.write_summary(summary)
+            tracker.finish(error.exit_code, summary)
+            raise
         except BaseException as error:
             interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
             exit_code = (

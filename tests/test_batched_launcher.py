@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import records_of, run_cli, start_cli, wandb_records
+from tests.test_fault_runs import wait_for_rows
 
 pytestmark = pytest.mark.slow
 FAST = ["model.weights=random", "image_size=32", "steps=4", "log.image_every=2"]
@@ -149,3 +150,30 @@ def test_optuna_trials_run_as_batches(tmp_path: Path) -> None:
     assert len(re.findall(r"batch of 2: jobs", result.stderr)) == 2, result.stderr
     (best,) = tmp_path.glob("multirun/*/*/optimization_results.yaml")
     assert "best_value" in best.read_text()
+
+
+def test_after_a_signal_no_queued_batch_starts_and_its_jobs_never_started(tmp_path: Path) -> None:
+    """Issue 26 case 8: batches of one, queued behind a long first job; SIGTERM while it runs."""
+    sweep = ["model.weights=random", "image_size=32", "log.flush_every=1", "logger=none"]
+    sweep += ["hydra/launcher=batched", "hydra.launcher.batch_size=1", "optim.lr=0.5,1,2"]
+    sweep += ["hydra.sweep.dir=multirun/s"]
+    process = start_cli("-m", *sweep, "steps=100000", cwd=tmp_path)
+    wait_for_rows(process, "multirun/s/0/losses.jsonl", tmp_path, rows=2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM: 0 of 3 jobs finished, 1 did not, 2 never started" in stderr
+    assert "job 0: interrupted (interrupted by SIGTERM at step" in stderr
+    for num in (1, 2):
+        job = tmp_path / f"multirun/s/{num}"
+        assert f"job {num}: never started (stopped by SIGTERM before its first step)" in stderr
+        assert _status(job) == "not started"
+        assert not (job / "losses.jsonl").exists() and not (job / "checkpoint.pt").exists()
+    stopped = torch.load(tmp_path / "multirun/s/0/checkpoint.pt", weights_only=True)
+    steps = stopped["synthesis"]["step"] + 2
+    again = run_cli(*sweep, f"steps={steps}", cwd=tmp_path, multirun=True)  # resumes or starts each
+    assert again.returncode == 0, again.stderr
+    for num in (0, 1, 2):
+        job = tmp_path / f"multirun/s/{num}"
+        assert _status(job) == "finished"
+        assert [r["step"] for r in read_rows(job)] == list(range(steps))

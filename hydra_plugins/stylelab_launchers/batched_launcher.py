@@ -8,7 +8,8 @@ forward and backward per step for the whole batch, each job with its own objecti
 optimiser. Each job then writes its own results, finishes its own W&B run and returns its own
 value to the sweeper. With `devices=[cuda:0,cuda:1,...]` one worker per device takes batches
 from its queue (jobs are dealt to the devices in turn). Stop signals checkpoint every job of
-the running batches and end the sweep as the sequential launcher does.
+the running batches and end the sweep as the sequential launcher does: no further batch starts
+(queued or still filling), and its jobs are reported as never started.
 
 Unlike Hydra's launchers this one runs stylelab's job (`stylelab.run.job_steps`), not an
 arbitrary task function: batching needs the job in its two halves.
@@ -25,7 +26,13 @@ from collections.abc import Sequence
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, open_dict
 
-from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
+from hydra_plugins.stylelab_launchers.batch_jobs import (
+    Job,
+    JobHalves,
+    announce,
+    not_started,
+    run_together,
+)
 from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
 from stylelab import runner
 from stylelab.factory import sharing_vgg
@@ -53,6 +60,7 @@ class BatchedLauncher(SequentialLauncher):
         self.batch_size = int(batch_size)
         self.explicit = bool(devices)  # else only jobs with device=auto are placed
         self.devices: list[str | None] = [str(d) for d in devices] if devices else default_devices()
+        self.received: list[int] = []  # the stop signal, once one arrived (the workers look)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -70,6 +78,7 @@ class BatchedLauncher(SequentialLauncher):
         workers = [_Worker(device) for device in self.devices]
         runner.progress_bars = False  # one bar per batch instead of one per job
         with stop_on_signals() as received, sharing_vgg():
+            self.received = received
             try:
                 for worker in workers:
                     worker.thread = threading.Thread(
@@ -96,7 +105,12 @@ class BatchedLauncher(SequentialLauncher):
                         self._submit(workers[place], pending.pop(key))
                     self._collect(wait=self.in_flight > 2 * len(workers))
                 for (place, _), batch in pending.items():
-                    self._submit(workers[place], batch)
+                    if received:  # nothing starts after a stop signal
+                        not_started(batch, received[0])
+                        for job in batch:
+                            self._close(job)
+                    else:
+                        self._submit(workers[place], batch)
                 while self.in_flight:
                     self._collect(wait=True)
             except KeyboardInterrupt:  # the signal repeated after the grace period
@@ -132,7 +146,10 @@ class BatchedLauncher(SequentialLauncher):
     def _work(self, worker: _Worker) -> None:
         while (batch := worker.batches.get()) is not None:
             started = time.perf_counter()
-            run_together(batch)
+            if self.received:  # a batch queued before the stop signal
+                not_started(batch, self.received[0])
+            else:
+                run_together(batch)
             self.finished.put((batch, time.perf_counter() - started))
 
     def _collect(self, wait: bool) -> None:

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs, skipped_result
 from stylelab.callbacks import SweepJobs
+from stylelab.outputs import NOT_STARTED
 from stylelab.pareto import failed_return
 from stylelab.signals import stop_on_signals
 
@@ -110,7 +111,7 @@ class SequentialLauncher(BasicLauncher):
         config = job_config(self.hydra_context, self.config, overrides, num)
         folder = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         earlier = earlier_run(folder)
-        if earlier in (None, "interrupted"):
+        if earlier in (None, "interrupted", NOT_STARTED):
             return config
         log.error(
             "job #%d not run: %s already holds a %s run, left as it is; give each job its own "

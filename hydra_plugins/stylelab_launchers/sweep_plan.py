@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
-from stylelab.outputs import SUMMARY_FILE, RunFolder, was_interrupted
+from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, was_interrupted
 from stylelab.pareto import failed_return, sweep_return
 from stylelab.resume import resumable
 
@@ -31,6 +31,7 @@ class Earlier:
         self.num = int(folder.name) if folder.name.isdigit() else None
         self.finished = earlier_run(folder) == "finished"
         self.interrupted = was_interrupted(folder)
+        self.not_started = earlier_run(folder) == NOT_STARTED  # set up, stopped before step 0
 
 
 def earlier_run(folder: Path) -> str | None:
@@ -77,8 +78,8 @@ def number_jobs(
     for job in planned:  # planned jobs that never started keep their numbers
         if not job["started"] and not (sweep_dir / str(job["num"])).exists():
             continued.setdefault(loose(job["overrides"]), int(job["num"]))
-    for e in earlier:  # interrupted jobs continue in their folders
-        if e.interrupted and e.num is not None:
+    for e in earlier:  # interrupted jobs continue in their folders; unstarted ones start there
+        if (e.interrupted or e.not_started) and e.num is not None:
             continued[loose(e.overrides)] = e.num
     jobs: list[tuple[int | Path, list[str]]] = []
     for overrides in map(list, job_overrides):
