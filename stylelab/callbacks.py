@@ -242,7 +242,10 @@ class SweepSummary(Callback):
             for job, summary in results
             if summary.get("status") != "finished" and job not in again
         ]
-        command_keys = sweep_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+        command_keys = sweep_keys(
+            OmegaConf.select(config, "hydra.overrides.task", default=[]),
+            OmegaConf.select(config, "hydra.sweeper.params", default=None),
+        )
         settings = settings_of([job for job, _ in results], command_keys)
         never = jobs.never_started()
         set_up = sum(summary.get("status") == NOT_STARTED for _, summary in results)
