@@ -338,7 +338,7 @@ class WandbTracker(Tracker):
 
         assert self.info is not None
         hyper = {key: str(value) for key, value in self.info.swept.items()}
-        finals = {key: value for key, value in summary.items() if key.startswith("final/")}
+        finals = {k: v for k, v in summary.items() if k.startswith(("final/", "eval/"))}
         columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
         images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])

@@ -1,0 +1,269 @@
+"""A fixed evaluation protocol: one scale for every run, whatever its objective.
+
+`Evaluator` measures an image against a content image and a style target with the same layers,
+statistics and colour space for every run (only the VGG weights are the run's), so two runs of
+different layers, loss weights, statistics, colour modes or schedules on one pair compare:
+
+- `eval/content`: ||F(x) - F(c)|| / ||F(c)|| at relu4_2;
+- `eval/style`: the mean over relu1_1 ... relu5_1 of ||G(x) - G(s)|| / ||G(s)||, the relative
+  Gram distance to the style target (several styles: the blend of their Gram matrices, as the
+  run blends them; masks: one distance per style region, weighted by the region's area);
+- `eval/ssim`: structural similarity of the image's luminance to the content's;
+- `eval/color`: sliced Wasserstein-2 distance between the image's and the style's pixel
+  colours in CIE Lab, over fixed, seeded projections (several styles: the blend's pixels,
+  each style weighted by its blend weight; masks: per region, weighted by area).
+
+Everything runs in fp32 without TF32 or cuDNN autotuning, one image at a time (so oneDNN's
+batch-dependent rounding never applies): the same image and inputs give the same numbers bit
+for bit on one device, alone or beside a batch, with any number of threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from skimage.color import rgb2lab
+from skimage.metrics import structural_similarity
+from torch import nn
+
+from stylelab.engine.color import luminance
+from stylelab.engine.features import LAYER_INDEX, VGGFeatures
+from stylelab.engine.masks import propagate_mask
+from stylelab.engine.objective import normalised_blend
+from stylelab.engine.statistics import GramStatistic
+from stylelab.errors import ImageError
+
+EVAL_PROTOCOL = "stylelab-eval-1"
+CONTENT_LAYER = "relu4_2"
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+METRICS = ("eval/content", "eval/style", "eval/ssim", "eval/color")
+MIN_SIDE = 16  # relu5_1 lies after four 2x2 pools
+COLOR_PROJECTIONS = 64
+COLOR_QUANTILES = 256
+COLOR_BINS = 4096
+LAB_RANGE = (-210.0, 210.0)  # |p . lab| <= |lab| < 210 for unit p and Lab from sRGB
+COLOR_SEED = 0
+
+Mask = torch.Tensor | None
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 arithmetic that rounds the same way every time: no autocast, no TF32, no cuDNN
+    autotuning; restored afterwards."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    cuda.allow_tf32 = cudnn.allow_tf32 = cudnn.benchmark = False
+    cudnn.deterministic = True
+    try:
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = before
+
+
+def color_projections() -> np.ndarray:
+    """The protocol's fixed unit directions in Lab space, (COLOR_PROJECTIONS, 3)."""
+    directions = np.random.default_rng(COLOR_SEED).normal(size=(COLOR_PROJECTIONS, 3))
+    return directions / np.linalg.norm(directions, axis=1, keepdims=True)
+
+
+class Evaluator:
+    """The protocol against fixed inputs: `evaluator(image)` -> {metric name: float}.
+
+    `content` (1, 3, H, W) in [0, 1] sets the evaluation size: images of another size are
+    resized to it. `styles` are the style images (any size), `blend` their weights (default
+    equal), `masks` one (1, 1, H, W) mask per style in the content's frame, `style_masks` one
+    mask (or None) per style in that style's frame. `features` is the VGG-19 `features` whose
+    weights to use (max pooling, whatever the run's).
+    """
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        blend: Sequence[float] | None = None,
+        masks: Sequence[torch.Tensor] | None = None,
+        style_masks: Sequence[Mask] | None = None,
+    ):
+        for what, image in (("content", content), *(("style", s) for s in styles)):
+            if min(image.shape[-2:]) < MIN_SIDE:
+                raise ImageError(
+                    f"evaluation: the {what} image is {image.shape[-1]}x{image.shape[-2]} px; the "
+                    f"protocol needs at least {MIN_SIDE} px on the shorter side (raise image_size)"
+                )
+        self.device = content.device
+        self.style_layers = [LAYER_INDEX[name] for name in STYLE_LAYERS]
+        self.content_layer = LAYER_INDEX[CONTENT_LAYER]
+        layers = [*self.style_layers, self.content_layer]
+        self.encoder = VGGFeatures(features, layers, "max").to(self.device)
+        self.content = content.float()
+        self.blend = normalised_blend(blend, len(styles))
+        self.masks = None if masks is None else [m.float() for m in masks]
+        self.style_masks = list(style_masks) if style_masks is not None else [None] * len(styles)
+        with exact_fp32():
+            content_features = self.encoder(self.content)
+            style_features = [self.encoder(s.float()) for s in styles]
+        self.content_target = content_features[self.content_layer]
+        self.style_targets = {
+            layer: [
+                GramStatistic().measure(f[layer], _at_layer(m, layer))
+                for f, m in zip(style_features, self.style_masks, strict=True)
+            ]
+            for layer in self.style_layers
+        }
+        self.content_luma = _luma(self.content)
+        self.style_lab = [_lab_pixels(s) for s in styles]
+        self.projections = color_projections()
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return int(self.content.shape[-2]), int(self.content.shape[-1])
+
+    def __call__(self, image: torch.Tensor) -> dict[str, float]:
+        """The metrics of `image` (1, 3, h, w) in [0, 1], resized to the evaluation size."""
+        image = image.to(self.device, torch.float32)
+        if tuple(image.shape[-2:]) != self.size_hw:
+            image = torch.nn.functional.interpolate(
+                image, size=self.size_hw, mode="bilinear", align_corners=False, antialias=True
+            ).clamp(0, 1)
+        with exact_fp32():
+            features = self.encoder(image)
+            content = _relative(features[self.content_layer], self.content_target)
+            style = float(
+                np.mean([self._style_distance(features, layer) for layer in self.style_layers])
+            )
+        ssim = structural_similarity(_luma(image), self.content_luma, data_range=1.0)
+        return {
+            "eval/content": content,
+            "eval/style": style,
+            "eval/ssim": float(ssim),
+            "eval/color": self._color_distance(image),
+        }
+
+    def _regions(self, layer: int | None) -> list[tuple[int, Mask, float]]:
+        """(style index, mask at `layer` or None, weight) of each style region; without masks
+        one region (index -1: the blend). `layer=None`: the content frame."""
+        if self.masks is None:
+            return [(-1, None, 1.0)]
+        regions = []
+        for index, mask in enumerate(self.masks):
+            at_layer = mask if layer is None else propagate_mask(mask, layer)
+            area = float(at_layer.sum())
+            if area > 0:
+                regions.append((index, at_layer, area))
+        return regions
+
+    def _style_distance(self, features: dict[int, torch.Tensor], layer: int) -> float:
+        gram = GramStatistic()
+        targets = self.style_targets[layer]
+        distances, weights = [], []
+        for index, mask, weight in self._regions(layer):
+            target = gram.blend(targets, self.blend) if index < 0 else targets[index]
+            distances.append(_relative(gram.measure(features[layer], mask), target))
+            weights.append(weight)
+        return _weighted_mean(distances, weights)
+
+    def _color_distance(self, image: torch.Tensor) -> float:
+        pixels = _lab_pixels(image)
+        distances, weights = [], []
+        for index, mask, weight in self._regions(None):
+            own = None if mask is None else _flat(mask)
+            if index < 0:
+                reference = np.concatenate(self.style_lab)
+                reference_weights = np.concatenate(
+                    [
+                        blend * _normalised(_style_weights(lab, m))
+                        for lab, m, blend in zip(
+                            self.style_lab, self.style_masks, self.blend, strict=True
+                        )
+                    ]
+                )
+            else:
+                reference = self.style_lab[index]
+                reference_weights = _style_weights(reference, self.style_masks[index])
+            distances.append(
+                sliced_wasserstein(pixels, own, reference, reference_weights, self.projections)
+            )
+            weights.append(weight)
+        return _weighted_mean(distances, weights)
+
+
+def sliced_wasserstein(
+    a: np.ndarray,
+    a_weights: np.ndarray | None,
+    b: np.ndarray,
+    b_weights: np.ndarray | None,
+    projections: np.ndarray,
+) -> float:
+    """Sliced Wasserstein-2 distance between two weighted sets of Lab colours (n, 3) and (m, 3):
+    the root mean square, over `projections` and COLOR_QUANTILES quantile levels, of the
+    difference of the projected distributions' quantiles."""
+    levels = (np.arange(COLOR_QUANTILES) + 0.5) / COLOR_QUANTILES
+    qa = _quantiles(projections @ a.T, a_weights, levels)
+    qb = _quantiles(projections @ b.T, b_weights, levels)
+    return float(np.sqrt(np.mean((qa - qb) ** 2)))
+
+
+def _quantiles(values: np.ndarray, weights: np.ndarray | None, levels: np.ndarray) -> np.ndarray:
+    """Quantiles (projections, levels) of weighted samples `values` (projections, n), from
+    histograms of COLOR_BINS bins over LAB_RANGE, interpolated linearly inside a bin (within
+    0.1 Lab units of the exact quantile; O(n): sorting a 512 px image's pixels took seconds)."""
+    projections, count = values.shape
+    low, high = LAB_RANGE
+    width = (high - low) / COLOR_BINS
+    bins = np.clip(((values - low) / width).astype(np.int64), 0, COLOR_BINS - 1)
+    bins += np.arange(projections)[:, None] * COLOR_BINS
+    w = None if weights is None else np.broadcast_to(weights, (projections, count)).ravel()
+    histogram = np.bincount(bins.ravel(), weights=w, minlength=projections * COLOR_BINS)
+    cdf = np.cumsum(histogram.reshape(projections, COLOR_BINS), axis=1, dtype=np.float64)
+    cdf /= cdf[:, -1:]
+    result = np.empty((projections, levels.size))
+    for row in range(projections):
+        right = np.searchsorted(cdf[row], levels)  # the bin where the cdf reaches each level
+        before = np.where(right > 0, cdf[row][np.maximum(right - 1, 0)], 0.0)
+        inside = (levels - before) / np.maximum(cdf[row][right] - before, 1e-300)
+        result[row] = low + width * (right + np.clip(inside, 0, 1))
+    return result
+
+
+def _relative(value: torch.Tensor, target: torch.Tensor) -> float:
+    norm = torch.linalg.vector_norm(target.double())
+    difference = torch.linalg.vector_norm((value - target).double())
+    return float(difference / norm.clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def _weighted_mean(values: list[float], weights: list[float]) -> float:
+    if not values:  # every region empty at this layer
+        return 0.0
+    return float(np.dot(values, weights) / np.sum(weights))
+
+
+def _at_layer(mask: Mask, layer: int) -> Mask:
+    return None if mask is None else propagate_mask(mask.float(), layer)
+
+
+def _flat(mask: torch.Tensor) -> np.ndarray:
+    return mask.detach().double().cpu().numpy().reshape(-1)
+
+
+def _normalised(weights: np.ndarray) -> np.ndarray:
+    return weights / weights.sum()
+
+
+def _style_weights(lab: np.ndarray, mask: Mask) -> np.ndarray:
+    return np.ones(lab.shape[0]) if mask is None else _flat(mask)
+
+
+def _luma(image: torch.Tensor) -> np.ndarray:
+    return luminance(image.float())[0, 0].double().cpu().numpy().clip(0, 1)
+
+
+def _lab_pixels(image: torch.Tensor) -> np.ndarray:
+    """(H*W, 3) Lab colours of (1, 3, H, W) RGB in [0, 1]."""
+    rgb = image[0].detach().double().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return rgb2lab(rgb).reshape(-1, 3)
