@@ -57,16 +57,20 @@ def one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def evaluate_file(evaluator: Evaluator, path: str | Path) -> Metrics:
+    """`eval/*` and `eval/protocol` of the image file at `path`."""
+    return {**evaluator(read_image(path)), "eval/protocol": EVAL_PROTOCOL}
+
+
 def evaluate_saved(evaluator: Callable[[], Evaluator], path: Path) -> Metrics:
-    """`eval/*` and `eval/protocol` of the image file at `path`; if the evaluation fails,
-    `eval/error` (one line) instead of the metrics: the run keeps its other outputs."""
+    """`evaluate_file`, or if the evaluation fails `eval/error` (one line) instead of the
+    metrics: the run keeps its other outputs."""
     try:
-        metrics: Metrics = evaluator()(read_image(path))
+        return evaluate_file(evaluator(), path)
     except Exception as error:  # any failure: the run itself succeeded
         message = one_line(error)
         log.warning("evaluation failed: %s", message)
         return {"eval/protocol": EVAL_PROTOCOL, "eval/error": message}
-    return {**metrics, "eval/protocol": EVAL_PROTOCOL}
 
 
 class EvalRecorder(Observer):

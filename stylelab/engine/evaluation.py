@@ -21,6 +21,7 @@ for bit on one device, alone or beside a batch, with any number of threads.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -100,7 +101,11 @@ class Evaluator:
         self.style_layers = [LAYER_INDEX[name] for name in STYLE_LAYERS]
         self.content_layer = LAYER_INDEX[CONTENT_LAYER]
         layers = [*self.style_layers, self.content_layer]
-        self.encoder = VGGFeatures(features, layers, "max").to(self.device)
+        # A copy, laid out alike everywhere: a run's encoder may keep the shared weights
+        # channels-last (CUDA), whose convolutions round differently.
+        self.encoder = VGGFeatures(copy.deepcopy(features), layers, "max").to(
+            self.device, memory_format=torch.contiguous_format
+        )
         self.content = content.float()
         self.blend = normalised_blend(blend, len(styles))
         self.masks = None if masks is None else [m.float() for m in masks]
