@@ -13,9 +13,10 @@ different layers, loss weights, statistics, colour modes or schedules on one pai
   colours in CIE Lab, over fixed, seeded projections (several styles: the blend's pixels,
   each style weighted by its blend weight; masks: per region, weighted by area).
 
-Everything runs in fp32 without TF32 or cuDNN autotuning, one image at a time (so oneDNN's
-batch-dependent rounding never applies): the same image and inputs give the same numbers bit
-for bit on one device, alone or beside a batch, with any number of threads.
+The arithmetic is float64 (images are 8-bit, so nothing is lost): float64 never takes the
+fast paths whose rounding depends on global switches (TF32, oneDNN, cuDNN autotuning) that
+the jobs of a batch running in other threads flip, so the same image and inputs give the same
+numbers on one device, alone or beside a batch, and agree across devices to ~1e-12.
 """
 
 from __future__ import annotations
@@ -52,18 +53,14 @@ Mask = torch.Tensor | None
 
 
 @contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """fp32 arithmetic that rounds the same way every time: no autocast, no TF32, no cuDNN
-    autotuning; restored afterwards."""
-    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
-    cuda.allow_tf32 = cudnn.allow_tf32 = cudnn.benchmark = False
-    cudnn.deterministic = True
-    try:
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            yield
-    finally:
-        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = before
+def exact() -> Iterator[None]:
+    """No gradients, no autocast (both thread-local): the protocol's arithmetic is float64."""
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", enabled=False),
+        torch.autocast("cuda", enabled=False),
+    ):
+        yield
 
 
 def color_projections() -> np.ndarray:
@@ -101,18 +98,17 @@ class Evaluator:
         self.style_layers = [LAYER_INDEX[name] for name in STYLE_LAYERS]
         self.content_layer = LAYER_INDEX[CONTENT_LAYER]
         layers = [*self.style_layers, self.content_layer]
-        # A copy, laid out alike everywhere: a run's encoder may keep the shared weights
-        # channels-last (CUDA), whose convolutions round differently.
+        # A float64 copy: the run's encoder shares (and keeps using) the fp32 weights.
         self.encoder = VGGFeatures(copy.deepcopy(features), layers, "max").to(
-            self.device, memory_format=torch.contiguous_format
+            self.device, torch.float64, memory_format=torch.contiguous_format
         )
-        self.content = content.float()
+        self.content = content.double()
         self.blend = normalised_blend(blend, len(styles))
-        self.masks = None if masks is None else [m.float() for m in masks]
+        self.masks = None if masks is None else [m.double() for m in masks]
         self.style_masks = list(style_masks) if style_masks is not None else [None] * len(styles)
-        with exact_fp32():
+        with exact():
             content_features = self.encoder(self.content)
-            style_features = [self.encoder(s.float()) for s in styles]
+            style_features = [self.encoder(s.double()) for s in styles]
         self.content_target = content_features[self.content_layer]
         self.style_targets = {
             layer: [
@@ -131,12 +127,12 @@ class Evaluator:
 
     def __call__(self, image: torch.Tensor) -> dict[str, float]:
         """The metrics of `image` (1, 3, h, w) in [0, 1], resized to the evaluation size."""
-        image = image.to(self.device, torch.float32)
+        image = image.to(self.device, torch.float64)
         if tuple(image.shape[-2:]) != self.size_hw:
             image = torch.nn.functional.interpolate(
                 image, size=self.size_hw, mode="bilinear", align_corners=False, antialias=True
             ).clamp(0, 1)
-        with exact_fp32():
+        with exact():
             features = self.encoder(image)
             content = _relative(features[self.content_layer], self.content_target)
             style = float(
@@ -249,7 +245,7 @@ def _weighted_mean(values: list[float], weights: list[float]) -> float:
 
 
 def _at_layer(mask: Mask, layer: int) -> Mask:
-    return None if mask is None else propagate_mask(mask.float(), layer)
+    return None if mask is None else propagate_mask(mask.double(), layer)
 
 
 def _flat(mask: torch.Tensor) -> np.ndarray:
@@ -265,7 +261,7 @@ def _style_weights(lab: np.ndarray, mask: Mask) -> np.ndarray:
 
 
 def _luma(image: torch.Tensor) -> np.ndarray:
-    return luminance(image.float())[0, 0].double().cpu().numpy().clip(0, 1)
+    return luminance(image.double())[0, 0].cpu().numpy().clip(0, 1)
 
 
 def _lab_pixels(image: torch.Tensor) -> np.ndarray:
