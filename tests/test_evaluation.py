@@ -210,3 +210,15 @@ def test_a_run_records_the_protocol_everywhere_and_evaluate_repeats_it(tmp_path:
         key: summary[key] for key in [*METRICS, "eval/protocol"]
     }
     assert read_image(run_dir / "final.png").shape[-1] == 32
+
+
+def test_a_run_with_blended_masked_styles_is_evaluated_against_its_regions(tmp_path: Path) -> None:
+    from tests.test_perceptual import HALVES, TWO_STYLES
+
+    summary = run(tmp_path, TWO_STYLES, HALVES, "pair.style_blend=[3,1]", "color=luminance")
+    assert "eval/error" not in summary, summary.get("eval/error")
+    cfg = config(TWO_STYLES, HALVES, "pair.style_blend=[3,1]")
+    again = build_evaluator(cfg, CPU)(read_image(tmp_path / "final.png"))
+    assert again == {key: summary[key] for key in METRICS}
+    unmasked = build_evaluator(config(TWO_STYLES), CPU)(read_image(tmp_path / "final.png"))
+    assert unmasked["eval/style"] != summary["eval/style"]
