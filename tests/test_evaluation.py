@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from stylelab.config import Config
+from stylelab.engine.color_distance import color_projections, color_quantiles, lab_pixels
 from stylelab.engine.evaluation import EVAL_PROTOCOL, METRICS, Evaluator
 from stylelab.engine.features import load_vgg19_features
 from stylelab.errors import StyleLabError
@@ -79,6 +81,16 @@ def test_a_blend_targets_the_blend_and_masks_weigh_regions_by_area(vgg) -> None:
     assert all_first["eval/color"] == pytest.approx(alone["eval/color"], rel=1e-9)
     half = Evaluator(vgg, content, [first, second])(image)
     assert half["eval/style"] != pytest.approx(alone["eval/style"], rel=1e-3)
+
+
+def test_colour_quantiles_are_within_one_bin_of_the_exact_ones() -> None:
+    lab = lab_pixels(images(7, 48, 48))
+    levels = (np.arange(256) + 0.5) / 256
+    exact = np.quantile(color_projections() @ lab.T, levels, axis=1, method="inverted_cdf").T
+    assert np.abs(color_quantiles(lab, None) - exact).max() <= 420 / 4096
+    halves = np.repeat([1.0, 0.0], lab.shape[0] // 2)  # weights: the first half only
+    first = color_quantiles(lab[: lab.shape[0] // 2], None)
+    assert np.abs(color_quantiles(lab, halves) - first).max() < 1e-9
 
 
 def test_runs_of_different_objectives_evaluate_an_image_identically(vgg) -> None:

@@ -10,8 +10,8 @@ different layers, loss weights, statistics, colour modes or schedules on one pai
   run blends them; masks: one distance per style region, weighted by the region's area);
 - `eval/ssim`: structural similarity of the image's luminance to the content's;
 - `eval/color`: sliced Wasserstein-2 distance between the image's and the style's pixel
-  colours in CIE Lab, over fixed, seeded projections (several styles: the blend's pixels,
-  each style weighted by its blend weight; masks: per region, weighted by area).
+  colours in CIE Lab, over fixed, seeded projections (`color_distance`; several styles: the
+  blend's pixels, each style weighted by its blend weight; masks: per region, weighted by area).
 
 The arithmetic is float64 (images are 8-bit, so nothing is lost): float64 never takes the
 fast paths whose rounding depends on global switches (TF32, oneDNN, cuDNN autotuning) that
@@ -27,11 +27,15 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 from torch import nn
 
 from stylelab.engine.color import luminance
+from stylelab.engine.color_distance import (
+    color_quantiles,
+    lab_pixels,
+    sliced_wasserstein,
+)
 from stylelab.engine.features import LAYER_INDEX, VGGFeatures
 from stylelab.engine.masks import propagate_mask
 from stylelab.engine.objective import normalised_blend
@@ -43,11 +47,6 @@ CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 METRICS = ("eval/content", "eval/style", "eval/ssim", "eval/color")
 MIN_SIDE = 16  # relu5_1 lies after four 2x2 pools
-COLOR_PROJECTIONS = 64
-COLOR_QUANTILES = 256
-COLOR_BINS = 4096
-LAB_RANGE = (-210.0, 210.0)  # |p . lab| <= |lab| < 210 for unit p and Lab from sRGB
-COLOR_SEED = 0
 
 Mask = torch.Tensor | None
 
@@ -61,12 +60,6 @@ def exact() -> Iterator[None]:
         torch.autocast("cuda", enabled=False),
     ):
         yield
-
-
-def color_projections() -> np.ndarray:
-    """The protocol's fixed unit directions in Lab space, (COLOR_PROJECTIONS, 3)."""
-    directions = np.random.default_rng(COLOR_SEED).normal(size=(COLOR_PROJECTIONS, 3))
-    return directions / np.linalg.norm(directions, axis=1, keepdims=True)
 
 
 class Evaluator:
@@ -118,8 +111,7 @@ class Evaluator:
             for layer in self.style_layers
         }
         self.content_luma = _luma(self.content)
-        self.style_lab = [_lab_pixels(s) for s in styles]
-        self.projections = color_projections()
+        self.color_targets = self._color_targets([lab_pixels(s) for s in styles])
 
     @property
     def size_hw(self) -> tuple[int, int]:
@@ -169,67 +161,25 @@ class Evaluator:
             weights.append(weight)
         return _weighted_mean(distances, weights)
 
+    def _color_targets(self, styles: list[np.ndarray]) -> dict[int, np.ndarray]:
+        """The styles' colour quantiles per region: the blend (-1), or each masked style."""
+        weights = [_style_weights(lab, m) for lab, m in zip(styles, self.style_masks, strict=True)]
+        if self.masks is None:
+            mixture = [b * w / w.sum() for b, w in zip(self.blend, weights, strict=True)]
+            return {-1: color_quantiles(np.concatenate(styles), np.concatenate(mixture))}
+        return {
+            i: color_quantiles(lab, w)
+            for i, (lab, w) in enumerate(zip(styles, weights, strict=True))
+        }
+
     def _color_distance(self, image: torch.Tensor) -> float:
-        pixels = _lab_pixels(image)
+        pixels = lab_pixels(image)
         distances, weights = [], []
         for index, mask, weight in self._regions(None):
-            own = None if mask is None else _flat(mask)
-            if index < 0:
-                reference = np.concatenate(self.style_lab)
-                reference_weights = np.concatenate(
-                    [
-                        blend * _normalised(_style_weights(lab, m))
-                        for lab, m, blend in zip(
-                            self.style_lab, self.style_masks, self.blend, strict=True
-                        )
-                    ]
-                )
-            else:
-                reference = self.style_lab[index]
-                reference_weights = _style_weights(reference, self.style_masks[index])
-            distances.append(
-                sliced_wasserstein(pixels, own, reference, reference_weights, self.projections)
-            )
+            own = color_quantiles(pixels, None if mask is None else _flat(mask))
+            distances.append(sliced_wasserstein(own, self.color_targets[index]))
             weights.append(weight)
         return _weighted_mean(distances, weights)
-
-
-def sliced_wasserstein(
-    a: np.ndarray,
-    a_weights: np.ndarray | None,
-    b: np.ndarray,
-    b_weights: np.ndarray | None,
-    projections: np.ndarray,
-) -> float:
-    """Sliced Wasserstein-2 distance between two weighted sets of Lab colours (n, 3) and (m, 3):
-    the root mean square, over `projections` and COLOR_QUANTILES quantile levels, of the
-    difference of the projected distributions' quantiles."""
-    levels = (np.arange(COLOR_QUANTILES) + 0.5) / COLOR_QUANTILES
-    qa = _quantiles(projections @ a.T, a_weights, levels)
-    qb = _quantiles(projections @ b.T, b_weights, levels)
-    return float(np.sqrt(np.mean((qa - qb) ** 2)))
-
-
-def _quantiles(values: np.ndarray, weights: np.ndarray | None, levels: np.ndarray) -> np.ndarray:
-    """Quantiles (projections, levels) of weighted samples `values` (projections, n), from
-    histograms of COLOR_BINS bins over LAB_RANGE, interpolated linearly inside a bin (within
-    0.1 Lab units of the exact quantile; O(n): sorting a 512 px image's pixels took seconds)."""
-    projections, count = values.shape
-    low, high = LAB_RANGE
-    width = (high - low) / COLOR_BINS
-    bins = np.clip(((values - low) / width).astype(np.int64), 0, COLOR_BINS - 1)
-    bins += np.arange(projections)[:, None] * COLOR_BINS
-    w = None if weights is None else np.broadcast_to(weights, (projections, count)).ravel()
-    histogram = np.bincount(bins.ravel(), weights=w, minlength=projections * COLOR_BINS)
-    cdf = np.cumsum(histogram.reshape(projections, COLOR_BINS), axis=1, dtype=np.float64)
-    cdf /= cdf[:, -1:]
-    result = np.empty((projections, levels.size))
-    for row in range(projections):
-        right = np.searchsorted(cdf[row], levels)  # the bin where the cdf reaches each level
-        before = np.where(right > 0, cdf[row][np.maximum(right - 1, 0)], 0.0)
-        inside = (levels - before) / np.maximum(cdf[row][right] - before, 1e-300)
-        result[row] = low + width * (right + np.clip(inside, 0, 1))
-    return result
 
 
 def _relative(value: torch.Tensor, target: torch.Tensor) -> float:
@@ -252,19 +202,9 @@ def _flat(mask: torch.Tensor) -> np.ndarray:
     return mask.detach().double().cpu().numpy().reshape(-1)
 
 
-def _normalised(weights: np.ndarray) -> np.ndarray:
-    return weights / weights.sum()
-
-
 def _style_weights(lab: np.ndarray, mask: Mask) -> np.ndarray:
     return np.ones(lab.shape[0]) if mask is None else _flat(mask)
 
 
 def _luma(image: torch.Tensor) -> np.ndarray:
     return luminance(image.double())[0, 0].cpu().numpy().clip(0, 1)
-
-
-def _lab_pixels(image: torch.Tensor) -> np.ndarray:
-    """(H*W, 3) Lab colours of (1, 3, H, W) RGB in [0, 1]."""
-    rgb = image[0].detach().double().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return rgb2lab(rgb).reshape(-1, 3)
