@@ -123,6 +123,14 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The fixed evaluation protocol (stylelab.engine.evaluation; README "Comparing runs"):
+    always on the saved final image; `every` N steps too (null: at the end only)."""
+
+    every: int | None = None
+
+
+@dataclass
 class Config:
     pair: PairConfig = field(default_factory=PairConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
@@ -132,6 +140,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     color: ColorConfig = field(default_factory=ColorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     content_weight: float = 1.0
     style_weight: float = 1e6
@@ -219,6 +228,10 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     )
     yield cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"
     yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"
+    yield (
+        cfg.eval.every is None or cfg.eval.every >= 1,
+        f"eval.every={cfg.eval.every}: must be >= 1 (or null: evaluate at the end only)",
+    )
     yield (
         cfg.log.checkpoint_every >= 0,
         f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",

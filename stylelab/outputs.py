@@ -30,6 +30,7 @@ except ImportError:  # Windows: run folders are not locked
 
 log = logging.getLogger(__name__)
 LOSSES_FILE = "losses.jsonl"
+EVAL_FILE = "eval.jsonl"  # eval.every: the evaluation protocol's metrics, one row per evaluation
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -133,30 +134,29 @@ class RunFolder:
     def save_frame(self, step: int, image: np.ndarray) -> Path:
         return save_png(image, self.frames_dir / f"step_{step:06d}.png")
 
+    @property
+    def eval_path(self) -> Path:
+        return self.root / EVAL_FILE
+
     def append_losses(self, rows: list[dict[str, float]]) -> None:
-        size = self.losses_path.stat().st_size if self.losses_path.exists() else 0
-        try:
-            with self.losses_path.open("a") as file:
-                for row in rows:
-                    file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError:  # a full disk: no half row at the end (resume reads every line)
-            with contextlib.suppress(OSError):
-                os.truncate(self.losses_path, size)
-            raise
+        _append_rows(self.losses_path, rows)
+
+    def append_eval(self, rows: list[dict[str, float]]) -> None:
+        _append_rows(self.eval_path, rows)
 
     def read_losses(self) -> list[dict[str, Any]]:
-        if not self.losses_path.exists():
-            return []
-        return [
-            json.loads(line) for line in self.losses_path.read_text().splitlines() if line.strip()
-        ]
+        return _read_rows(self.losses_path)
+
+    def read_eval(self) -> list[dict[str, Any]]:
+        return _read_rows(self.eval_path)
 
     def truncate_losses(self, before_step: int) -> None:
-        """Drop rows at or after `before_step` (they will be recomputed after a resume)."""
-        rows = [row for row in self.read_losses() if row["step"] < before_step]
-        self.losses_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        """Drop loss and evaluation rows at or after `before_step` (they will be recomputed
+        after a resume)."""
+        for path in (self.losses_path, self.eval_path):
+            if path.exists() or path == self.losses_path:
+                rows = [row for row in _read_rows(path) if row["step"] < before_step]
+                path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def write_gif(self, final: np.ndarray, seconds_per_frame: float) -> Path:
         """Every frame (earlier stages' smaller ones scaled up to the final size) and `final`."""
@@ -284,6 +284,28 @@ class RunFolder:
             f"{self.root} already holds {article} {earlier} run: {resume}start a new run in "
             f"another folder (leave {self.folder_key} unset for a new one)"
         )
+
+
+def _append_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """Append JSON lines, synced; on a full disk no half row stays at the end (resume reads
+    every line)."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a") as file:
+            for row in rows:
+                file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _first_line(error: BaseException) -> str:

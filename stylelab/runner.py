@@ -12,6 +12,7 @@ import resource
 import time
 from collections.abc import Generator
 from dataclasses import asdict
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
+from stylelab.evaluating import EvalRecorder, build_evaluator, evaluate_saved
 from stylelab.factory import Built, build_synthesis, vgg_key
 from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
@@ -179,7 +181,11 @@ def _synthesize(
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
-    observers = [guard, TrackerRecorder(tracker), recorder, CheckpointLogger(tracker, folder)]
+    evaluator = cache(partial(build_evaluator, cfg, built.device, built.images.sources, built.vgg))
+    every = EvalRecorder(cfg.eval.every, evaluator, folder) if cfg.eval.every else None
+    tracked = TrackerRecorder(tracker, every.pop if every else None)
+    observers = [guard, *([every] if every else []), tracked, recorder]
+    observers.append(CheckpointLogger(tracker, folder))  # after the recorder saved it
     if progress_bars:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
@@ -193,6 +199,7 @@ def _synthesize(
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
                  result.stopped_early)  # fmt: skip
     summary = {**summarize(result, built, cfg, folder), **known}
+    summary.update(evaluate_saved(evaluator, folder.root / FINAL_IMAGE))
     folder.write_summary(summary)
     log_result(tracker, folder, summary, cfg.keep)
     gif = folder.root / "synthesis.gif"

@@ -71,6 +71,20 @@ def test_each_batched_job_takes_the_steps_it_takes_alone(sweeps) -> None:
         assert summary["final/total"] == pytest.approx(min(r["total"] for r in want), rel=1e-5)
 
 
+def test_each_batched_job_is_evaluated_as_alone(sweeps) -> None:
+    """The evaluation protocol reads each job's own final.png, one image at a time: a job's
+    eval/* are those of the same job run alone, bit for bit where the images are equal."""
+    sequential, batched, _ = sweeps
+    alone, together = jobs_of(sequential), jobs_of(batched)
+    for name, job in alone.items():
+        want = json.loads((job / "summary.json").read_text())
+        got = json.loads((together[name] / "summary.json").read_text())
+        assert (job / "final.png").read_bytes() == (together[name] / "final.png").read_bytes()
+        evals = [key for key in want if key.startswith("eval/")]
+        assert len(evals) == 5 and "eval/error" not in evals, want
+        assert {key: got.get(key) for key in evals} == {key: want[key] for key in evals}, name
+
+
 def test_batched_jobs_keep_their_files_and_their_own_wandb_runs(sweeps) -> None:
     _, batched, log = sweeps
     finished = [job for job in jobs_of(batched).values() if _status(job) == "finished"]

@@ -385,7 +385,9 @@ class WandbTracker(Tracker):
             key: value if isinstance(value, (bool, int, float)) else str(value)
             for key, value in self.info.swept.items()
         }
-        finals = {key: value for key, value in summary.items() if key.startswith("final/")}
+        finals = {
+            key: value for key, value in summary.items() if key.startswith(("final/", "eval/"))
+        }
         columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
         images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])
