@@ -42,8 +42,14 @@ def add_eval(job: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def copy_sweep(sweep: Path, to: Path, points: dict | None = POINTS) -> Path:
     """A copy of `sweep` (without checkpoints and frames) whose jobs record `points` as their
-    eval/content and eval/style; `points=None` leaves the summaries as they are."""
+    eval/content and eval/style; `points=None`: no eval/* at all, as a sweep from before the
+    evaluation protocol."""
     shutil.copytree(sweep, to, ignore=shutil.ignore_patterns("checkpoint.pt", "frames", "*.gif"))
+    if points is None:
+        for summary_file in to.glob("*/summary.json"):
+            summary = json.loads(summary_file.read_text())
+            kept = {k: v for k, v in summary.items() if not k.startswith("eval/")}
+            summary_file.write_text(json.dumps(kept, indent=2))
     for name, (content, style) in (points or {}).items():
         add_eval(to / name, {"eval/content": content, "eval/style": style, "eval/ssim": 0.5,
                              "eval/color": 0.1, "eval/protocol": PROTOCOL})  # fmt: skip

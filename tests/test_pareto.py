@@ -47,33 +47,33 @@ def test_a_bad_sweep_returns_is_one_line(tmp_path: Path) -> None:
     )
 
 
-# Runs stylelab.run with a stand-in evaluation: each finished run's summary gains eval/* (its
-# unweighted final losses) before the run returns, as the evaluation protocol will record them.
-STUB_RUN = """
+# Runs stylelab.run with an evaluation that failed: each finished run's summary loses its eval/*
+# distances and says why, as the runner records a failed evaluation.
+FAILED_EVALUATION_RUN = """
     import sys
-    from pathlib import Path
 
     import stylelab.run as run
-    from tests.eval_stub import add_eval
 
     synthesis_steps = run.synthesis_steps
 
-    def with_eval(config, run_dir, tracker, info):
+    def failed_evaluation(config, run_dir, tracker, info):
         summary = yield from synthesis_steps(config, run_dir, tracker, info)
-        summary.update(add_eval(Path(run_dir)))
+        for key in ("eval/content", "eval/style"):
+            summary.pop(key)
+        summary["eval/error"] = "final.png: cannot identify image file"
         return summary
 
-    run.synthesis_steps = with_eval
+    run.synthesis_steps = failed_evaluation
     run.main()
 """
 
 
-def run_stubbed(*overrides: str, cwd: Path) -> tuple[int, str]:
+def run_failed_evaluation(*overrides: str, cwd: Path) -> tuple[int, str]:
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
-    script = cwd / "stub_run.py"
-    script.write_text(textwrap.dedent(STUB_RUN))
+    script = cwd / "failed_evaluation_run.py"
+    script.write_text(textwrap.dedent(FAILED_EVALUATION_RUN))
     env = cli_env({"PYTHONPATH": str(root)})
     result = subprocess.run(
         [sys.executable, str(script), *overrides], cwd=cwd, env=env, capture_output=True,
@@ -84,11 +84,12 @@ def run_stubbed(*overrides: str, cwd: Path) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_a_pareto_sweep_returns_both_metrics_and_names_the_pareto_trials(tmp_path: Path) -> None:
-    code, log = run_stubbed(
+    result = run_cli(
         *PARETO_RUN, "logger=none", "hydra.sweeper.n_trials=3", "hydra.sweep.dir=multirun/p",
         cwd=tmp_path,
     )  # fmt: skip
-    assert code == 0, log[-3000:]
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
     sweep = tmp_path / "multirun" / "p"
     summaries = {
         job.name: json.loads((job / "summary.json").read_text())
@@ -110,13 +111,15 @@ def test_a_pareto_sweep_returns_both_metrics_and_names_the_pareto_trials(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_pareto_sweep_without_eval_keys_ranks_every_trial_last(tmp_path: Path) -> None:
-    result = run_cli(*PARETO_RUN, "logger=none", "hydra.sweeper.n_trials=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_pareto_sweep_whose_evaluation_failed_ranks_every_trial_last(tmp_path: Path) -> None:
+    code, log = run_failed_evaluation(
+        *PARETO_RUN, "logger=none", "hydra.sweeper.n_trials=2", cwd=tmp_path
+    )
+    assert code == 0, log[-3000:]
     (results_file,) = tmp_path.glob("multirun/*/*/optimization_results.yaml")
     values = [s["values"] for s in yaml.safe_load(results_file.read_text())["solutions"]]
     assert values and all(v == [math.inf, math.inf] for v in values)
-    assert "none, no finished job recorded all of eval/content, eval/style" in result.stderr
+    assert "none, no finished job recorded all of eval/content, eval/style" in log
 
 
 @pytest.mark.parametrize(
@@ -133,9 +136,9 @@ def test_a_dead_cluster_job_returns_inf_for_each_objective(
     from hydra_plugins.stylelab_launchers.submitit_launchers import WaitForEveryJob
 
     config = OmegaConf.create({"sweep_returns": returns, "hydra": {"job": {"name": "run"}}})
-    launcher = SimpleNamespace(
-        config=config, _EXECUTOR="local", job_dir=lambda overrides, num, job_id: tmp_path / "0"
-    )
+    launcher = WaitForEveryJob.__new__(WaitForEveryJob)
+    launcher.config, launcher._EXECUTOR = config, "local"
+    launcher.job_dir = lambda overrides, num, job_id: tmp_path / "0"  # type: ignore[method-assign]
     job = SimpleNamespace(job_id="42", state="FAILED", paths=SimpleNamespace(stderr="x.err"))
     result = WaitForEveryJob.dead_job(launcher, job, ["a=1"], 0, RuntimeError("killed"))
     assert result.return_value == expected

@@ -63,7 +63,8 @@ def test_report_of_a_real_sweep_opens_in_chromium_with_every_image(
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "made" / "report.html").read_text()
     sources = re.findall(r'<img[^>]* src="([^"]*)"', page)
-    assert len(sources) == 4 + 2 + 1 + 1  # the grid, content and style, loss curves, per layer
+    # the grid, content and style, trade-off plot, loss curves, per layer
+    assert len(sources) == 4 + 2 + 1 + 1 + 1
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert (
         "style_weight \\ layers" in page
