@@ -404,11 +404,17 @@ def inputs_html(jobs: list[Job]) -> str:
     return f'<div class="inputs">{"".join(figures)}</div>'
 
 
+def step_path_label(summary: dict[str, Any]) -> str:
+    """How a run's steps ran: `cuda_graph`, `eager (why)`, or nothing (runs from before)."""
+    path, reason = summary.get("step_path"), summary.get("step_path_reason")
+    return f"{path} ({reason})" if path and reason else str(path or "")
+
+
 def table_html(jobs: list[Job], keys: list[str]) -> str:
     """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
     columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
     finals = final_keys(jobs)
-    head = ["job", "status", *columns, *finals, "error"]
+    head = ["job", "status", *columns, *finals, "step path", "error"]
     rows = []
     for job in jobs:
         values = [job.value(key) for key in columns]
@@ -423,6 +429,7 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
             number = as_float(job.summary.get(key))
             text = f"{number:.4g}" if number is not None else ""
             cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')
+        cells.append(f"<td>{html.escape(step_path_label(job.summary))}</td>")
         cells.append(f'<td class="error">{html.escape(job.error)}</td>')
         css = "" if job.status == "finished" else ' class="bad"'
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")
