@@ -32,6 +32,7 @@ def test_the_script_runs_every_phase_dry_on_cpu(tmp_path) -> None:
 
 def test_a_run_off_the_expected_path_fails_loudly(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(gpu_acceptance, "FEATURES", {"gram": []})
+    monkeypatch.setattr(gpu_acceptance, "DRY_FEATURES", ("gram",))
     monkeypatch.setattr(gpu_acceptance, "expected_path", lambda device: ("cuda_graph", None))
     skip = "cuda_tests,floor,sweep,pyramid"
     assert gpu_acceptance.main(["--dry-run", "--out", str(tmp_path), "--skip", skip]) == 1

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from stylelab import runner
+from stylelab.config import ScheduleConfig
 from stylelab.engine import batch, synthesis
 from stylelab.engine.batch import BatchJob, run_batch
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, combined, planned_path
@@ -129,3 +130,28 @@ def test_batched_jobs_record_the_path_of_their_batch(fake_cuda) -> None:
         built = [build_synthesis(config(*job, "steps=6")) for job in VARIED[:2]]
     for outcome in run_batch([BatchJob(b.synthesis) for b in built]):
         assert outcome.step_path.reason.startswith("capture failed: CUDA error")
+
+
+def test_a_batch_split_by_out_of_memory_records_the_halves_paths(monkeypatch, fake_cuda) -> None:
+    """The batch that ran out of memory before its first step took no step: not recorded."""
+    real_step = batch.BatchedStep._step
+
+    def limited(self):
+        if len(self.synths) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(batch.BatchedStep, "_step", limited)
+    with sharing_vgg():
+        built = [build_synthesis(config(*job, "steps=6")) for job in VARIED[:2]]
+    for outcome in run_batch([BatchJob(b.synthesis) for b in built]):
+        assert outcome.step_path.path == "cuda_graph", outcome.step_path
+
+
+def test_a_pyramid_records_every_stages_capture(tmp_path, fake_cuda) -> None:
+    schedule = ScheduleConfig(name="pyramid", sizes=[32, 48], steps=[5, 2])
+    summary = summary_of(tmp_path, steps=7, image_size=48, schedule=schedule)
+    assert summary["step_path_reason"].startswith("ended before the capture")  # 2 steps at 48
+    schedule.steps = [5, 5]
+    summary = summary_of(tmp_path / "again", steps=10, image_size=48, schedule=schedule)
+    assert summary["step_path"] == "cuda_graph" and summary["capture_seconds"] >= 0

@@ -240,7 +240,8 @@ class _Run:
         self.started = time.perf_counter()
         self.first_step: int | None = None
         self.step: Any = None  # what runs the steps now (a `step_path`), see `use_step`
-        self.paths: list[StepPath] = []  # of the step functions used before it
+        self.step_from = 0  # the global step it took over at
+        self.paths: list[StepPath] = []  # of the step functions that ran steps before it
 
     def notify(self, method: str, *args: Any) -> None:
         for observer in self.observers:
@@ -264,9 +265,15 @@ class _Run:
 
     def use_step(self, step: Any) -> None:
         """The next steps run through `step` (a Synthesizer or a batch: anything with a
-        `step_path`); the result records how each one ran."""
-        self.paths += [self.step.step_path] if self.step is not None else []
-        self.step = step
+        `step_path`); the result records how each one that ran steps ran."""
+        self.paths = self.step_paths()
+        self.step, self.step_from = step, self.synth.step_count
+
+    def step_paths(self) -> list[StepPath]:
+        """The paths of the step functions that ran steps so far (a batch that ran out of
+        memory before its first step, a stage of no steps: none)."""
+        ran = self.step is not None and self.synth.step_count > self.step_from
+        return [*self.paths, *([self.step.step_path] if ran else [])]
 
     def stage_done(self) -> bool:
         """The current stage's steps are done, or an observer ended the run early."""
@@ -331,7 +338,7 @@ class _Run:
             evaluations=synth.step_count - (self.first_step or 0),
             seconds=time.perf_counter() - self.started,
             stopped_early=synthesis.stop_reason,
-            step_path=combined([*self.paths, *([self.step.step_path] if self.step else [])]),
+            step_path=combined(self.step_paths()),
         )
         self.notify("on_end", synthesis, result)
         return result
