@@ -67,6 +67,7 @@ class OptimConfig:
     # auto (armijo for L-BFGS, none for Adam) | none (fixed step, as the PyTorch tutorial) |
     # armijo (L-BFGS only: backtracking, each step is still one evaluation)
     line_search: str = "auto"
+    cuda_graph: bool = True  # CUDA: replay each step as one CUDA graph (false: eager steps)
 
 
 @dataclass

@@ -201,6 +201,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
             ema=cfg.optim.ema,
             keep=cfg.keep,
             line_search=cfg.optim.line_search,
+            cuda_graph=cfg.optim.cuda_graph,
             batch_invariant=cfg.batch_invariant,
         ),
         loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),

@@ -475,6 +475,12 @@ def inputs_html(jobs: list[Job]) -> str:
     return f'<div class="inputs">{"".join(figures)}</div>'
 
 
+def step_path_label(summary: dict[str, Any]) -> str:
+    """How a run's steps ran: `cuda_graph`, `eager (why)`, or nothing (runs from before)."""
+    path, reason = summary.get("step_path"), summary.get("step_path_reason")
+    return f"{path} ({reason})" if path and reason else str(path or "")
+
+
 def table_html(jobs: list[Job], keys: list[str]) -> str:
     """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
     from stylelab.layer_losses import KINDS, unweighted_total
@@ -482,7 +488,15 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
     columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
     finals = [*eval_keys(jobs), *final_keys(jobs)]
     unweighted = [kind for kind in KINDS if any(unweighted_total(job, kind) for job in jobs)]
-    head = ["job", "status", *columns, *finals, *(f"{k} (unweighted)" for k in unweighted), "error"]
+    head = [
+        "job",
+        "status",
+        *columns,
+        *finals,
+        *(f"{k} (unweighted)" for k in unweighted),
+        "step path",
+        "error",
+    ]
     rows = []
     for job in jobs:
         values = [job.value(key) for key in columns]
@@ -500,6 +514,7 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
             cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')
         failed_eval = job.summary.get("eval/error")
         error = job.error or (f"evaluation failed: {failed_eval}" if failed_eval else "")
+        cells.append(f"<td>{html.escape(step_path_label(job.summary))}</td>")
         cells.append(f'<td class="error">{html.escape(error)}</td>')
         css = "" if job.status == "finished" else ' class="bad"'
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")

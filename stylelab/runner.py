@@ -20,6 +20,7 @@ import torch
 
 from stylelab.config import Config, mask_sources, style_sources, validate
 from stylelab.engine.batch import BatchJob
+from stylelab.engine.cuda_graph import planned_path
 from stylelab.engine.images import long_side_size
 from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
@@ -217,11 +218,12 @@ def batch_key(cfg: Config, built: Built, checkpoint: dict | None) -> tuple:
     return (
         tuple((stage.size, stage.steps) for stage in stages), tuple(shapes), cfg.optim.name,
         built.precision, cfg.batch_invariant, str(built.device), vgg_key(cfg), start,
+        cfg.optim.cuda_graph,
     )  # fmt: skip
 
 
 def describe(built: Built, cfg: Config) -> None:
-    """Log the sizes, device, precision, stages and the memory estimate."""
+    """Log the sizes, device, precision, step path, stages and the memory estimate."""
     synthesis = built.synthesis
     content, styles = built.images(synthesis.stages[-1].size)
     pixels = content.shape[-1] * content.shape[-2]
@@ -232,6 +234,7 @@ def describe(built: Built, cfg: Config) -> None:
         built.device, built.precision,
         memory_estimate_gib(pixels, cfg.optim.history_size, cfg.optim.name),
     )  # fmt: skip
+    log.info("step path: %s", planned_path(built.device, cfg.optim.cuda_graph).describe())
     if len(synthesis.stages) > 1:
         log.info("stages: %s", ", ".join(f"{s.size} px x {s.steps}" for s in synthesis.stages))
 
@@ -256,4 +259,5 @@ def summarize(result: Result, built: Built, cfg: Config, folder: RunFolder) -> d
         "precision": built.precision,
         "weights": cfg.model.weights,
         "content_size": list(result.image.shape[-2:]),
+        **(result.step_path or planned_path(built.device, cfg.optim.cuda_graph)).record(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -68,6 +69,37 @@ def only_run_dir(root: Path) -> Path:
     dirs = [p.parent for p in root.glob("outputs/*/*/config.yaml")]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu")
+
+
+@contextlib.contextmanager
+def no_host_reads(what: str = "the step") -> Iterator[None]:
+    """Every read of a tensor's value by the host raises inside this block: `Tensor.item`,
+    `bool()`, `float()`, `int()`, indexing with a tensor, `tolist`, `numpy`, `.cpu()` and
+    `.to("cpu")`. A CUDA graph cannot capture such a read, and on CPU it would pass unnoticed."""
+    to = torch.Tensor.to
+
+    def forbidden(name: str):
+        def read(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called inside {what}: a host read")
+
+        return read
+
+    def to_device(self, *args, **kwargs):
+        targets = [*args, kwargs.get("device")]
+        if any(
+            isinstance(t, str | torch.device) and torch.device(t).type == "cpu" for t in targets
+        ):
+            raise AssertionError(f'Tensor.to("cpu") called inside {what}: a host read')
+        return to(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, forbidden(name))
+        patch.setattr(torch.Tensor, "to", to_device)
+        yield
 
 
 @pytest.fixture(scope="module")

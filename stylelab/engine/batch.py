@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from stylelab.engine.cuda_graph import GraphedStep
+from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.features import VGGFeatures
 from stylelab.engine.loop import Observer, Result, Synthesis, _Run
 from stylelab.engine.synthesis import Synthesizer
@@ -88,8 +88,13 @@ class BatchedStep:
             raise ValueError("jobs in one batch must use one precision and batch_invariant")
         self.synths, self.encoder = list(synths), encoder
         self.sizes: list[int] = []
-        on_cuda = self.synths[0].image.device.type == "cuda"
-        self.graph = GraphedStep(self._step) if on_cuda and cuda_graph is not False else None
+        self.planned = planned_path(self.synths[0].image.device, cuda_graph)
+        self.graph = GraphedStep(self._step) if self.planned.path == "cuda_graph" else None
+
+    @property
+    def step_path(self) -> StepPath:
+        """How this batch's steps ran: captured, or eager and why."""
+        return self.graph.path if self.graph is not None else self.planned
 
     def _step(self) -> torch.Tensor:
         batch = torch.cat([s.image for s in self.synths]).requires_grad_(True)
@@ -200,7 +205,10 @@ def _lockstep(members: list[_Member], cuda_graph: bool | None) -> None:
         if not active:
             continue
         encoder = shared_encoder([m.run.synth.loss.encoder for m in active])
-        step = BatchedStep([m.run.synth for m in active], encoder, cuda_graph)
+        enabled = active[0].job.synthesis.optim.cuda_graph if cuda_graph is None else cuda_graph
+        step = BatchedStep([m.run.synth for m in active], encoder, enabled)
+        for member in active:  # each job's result records how its batches ran
+            member.run.use_step(step)
         while active and not any(m.outcome is not None or m.run.stage_done() for m in active):
             for member in active:
                 try:

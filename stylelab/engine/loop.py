@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stylelab.engine.cuda_graph import StepPath, combined
 from stylelab.engine.images import tensor_to_uint8
 from stylelab.engine.objective import Objective
 from stylelab.engine.schedule import Stage
@@ -78,6 +79,7 @@ class Result:
     evaluations: int  # in this process (a resumed run counts from where it resumed)
     seconds: float
     stopped_early: str | None = None  # why the last stage ended before its steps ran out
+    step_path: StepPath | None = None  # how the steps ran (None: no step ran)
 
 
 class Observer:
@@ -179,6 +181,7 @@ class Synthesis:
         first = int(resume.get("stage", 0)) if resume else 0
         for index in range(first, len(self.stages)):
             run.start_stage(index, resume if index == first else None)
+            run.use_step(self.synth)  # type: ignore[arg-type]
             while not run.stage_done():
                 run.before_step()
                 terms = self.synth.step()  # type: ignore[union-attr]
@@ -236,6 +239,9 @@ class _Run:
         self.last_row: Row = {}
         self.started = time.perf_counter()
         self.first_step: int | None = None
+        self.step: Any = None  # what runs the steps now (a `step_path`), see `use_step`
+        self.step_from = 0  # the global step it took over at
+        self.paths: list[StepPath] = []  # of the step functions that ran steps before it
 
     def notify(self, method: str, *args: Any) -> None:
         for observer in self.observers:
@@ -256,6 +262,18 @@ class _Run:
         if self.first_step is None:
             self.first_step = self.synth.step_count
         self.notify("on_stage", self.synthesis, self.current_stage)
+
+    def use_step(self, step: Any) -> None:
+        """The next steps run through `step` (a Synthesizer or a batch: anything with a
+        `step_path`); the result records how each one that ran steps ran."""
+        self.paths = self.step_paths()
+        self.step, self.step_from = step, self.synth.step_count
+
+    def step_paths(self) -> list[StepPath]:
+        """The paths of the step functions that ran steps so far (a batch that ran out of
+        memory before its first step, a stage of no steps: none)."""
+        ran = self.step is not None and self.synth.step_count > self.step_from
+        return [*self.paths, *([self.step.step_path] if ran else [])]
 
     def stage_done(self) -> bool:
         """The current stage's steps are done, or an observer ended the run early."""
@@ -320,6 +338,7 @@ class _Run:
             evaluations=synth.step_count - (self.first_step or 0),
             seconds=time.perf_counter() - self.started,
             stopped_early=synthesis.stop_reason,
+            step_path=combined(self.step_paths()),
         )
         self.notify("on_end", synthesis, result)
         return result

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stylelab.engine.cuda_graph import GraphedStep
+from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.objective import Objective
 from stylelab.engine.optim import Adam, make_optimizer
 
@@ -158,7 +158,8 @@ class Synthesizer:
         self.loss = loss
         self.image = image.detach().clone().contiguous()
         on_cuda = self.image.device.type == "cuda"
-        use_graph = on_cuda and (cuda_graph is None or cuda_graph)
+        self.planned = planned_path(self.image.device, cuda_graph)
+        use_graph = self.planned.path == "cuda_graph"
         if history_dtype == "auto":
             history_dtype = "bf16" if on_cuda and precision == "bf16" else "fp32"
         self.optimizer = make_optimizer(
@@ -175,6 +176,11 @@ class Synthesizer:
         self.iterate_terms: torch.Tensor | None = None  # line search: the accepted point's terms
         self.average = AveragedImage(self.image, ema) if ema else None
         self.graph = GraphedStep(self._step) if use_graph else None
+
+    @property
+    def step_path(self) -> StepPath:
+        """How this synthesizer's steps ran: captured, or eager and why."""
+        return self.graph.path if self.graph is not None else self.planned
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision of the forward: bf16 autocast, or nothing."""
