@@ -53,6 +53,7 @@ FAILED_EVALUATION_RUN = """
     import sys
 
     import stylelab.run as run
+    from stylelab.outputs import RunFolder
 
     synthesis_steps = run.synthesis_steps
 
@@ -61,6 +62,7 @@ FAILED_EVALUATION_RUN = """
         for key in ("eval/content", "eval/style"):
             summary.pop(key)
         summary["eval/error"] = "final.png: cannot identify image file"
+        RunFolder(run_dir).write_summary(summary)
         return summary
 
     run.synthesis_steps = failed_evaluation

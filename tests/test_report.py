@@ -31,9 +31,9 @@ PROBE = """<script>window.addEventListener("load", () => {
   const images = [...document.images];
   document.body.dataset.images = images.length;
   document.body.dataset.loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
-  const header = [...document.querySelectorAll("table.runs th")].find(th => th.textContent === "final/total");
+  const header = [...document.querySelectorAll("table.runs.sortable th")].find(th => th.textContent === "final/total");
   header.click();
-  document.body.dataset.order = [...document.querySelectorAll("table.runs tbody tr")].map(r => r.cells[0].textContent).join(",");
+  document.body.dataset.order = [...document.querySelectorAll("table.runs.sortable tbody tr")].map(r => r.cells[0].textContent).join(",");
 });</script>"""
 
 
@@ -84,7 +84,7 @@ def test_report_of_a_real_sweep_opens_in_chromium_with_every_image(
     body = re.search(r"<body[^>]*>", dom.stdout)
     assert body, dom.stderr[-2000:]
     attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(0)))
-    assert attributes["images"] == "7" and attributes["loaded"] == "7", attributes
+    assert attributes["images"] == "9" and attributes["loaded"] == "9", attributes
     totals = {
         job.name: json.loads((job / "summary.json").read_text())["final/total"]
         for job in sweep.iterdir()
