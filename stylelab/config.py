@@ -283,8 +283,8 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
             f"pair.style_blend has {len(blend or [])} weights for {len(styles)} styles: give one each",
         ),
         (
-            not blend or (all(w >= 0 for w in blend) and sum(blend) > 0),
-            f"pair.style_blend={blend}: weights must be >= 0 and not all 0",
+            not blend or (all(_finite_at_least(w, 0) for w in blend) and max(blend) > 0),
+            f"pair.style_blend={list(blend or [])}: weights must be finite, >= 0 and not all 0",
         ),
         (cfg.style_scale > 0, f"style_scale={cfg.style_scale}: must be > 0"),
         (

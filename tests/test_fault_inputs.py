@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from PIL import Image
 from stylelab import resources
 from stylelab.config import Config, LayersConfig, PairConfig, validate
 from stylelab.engine.images import open_image, resize_long_side
+from stylelab.engine.objective import normalised_blend
 from stylelab.errors import ImageError, StyleLabError
 from stylelab.preflight import unreadable_override
 from tests.conftest import FAST, run_cli, start_cli
@@ -491,3 +493,29 @@ def test_random_combinations_either_finish_or_fail_in_one_line(tmp_path: Path) -
             assert len(lines) == 1 and summary["status"] == "failed", context
             assert lines[0].endswith(summary["error"]), context
     assert drawn == set(VALID)
+
+
+# --- issue 26: values of the wrong type or out of range, refused up front ------------------------
+
+
+def pair_config(**changes) -> Config:
+    """A valid in-process config (two styles), with `changes` applied to its fields."""
+    layers = LayersConfig(name="x", style=[0, 5], content=[21])
+    cfg = Config(pair=PairConfig(name="p", content="c", style=["s", "t"]), layers=layers)
+    for key, value in changes.items():
+        node, _, name = key.rpartition(".")
+        setattr(getattr(cfg, node) if node else cfg, name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("blend", [[math.inf, 1.0], [math.nan, 1.0], [-1.0, 2.0], [0.0, 0.0]])
+def test_blend_weights_must_be_finite_and_positive(blend: list[float]) -> None:
+    with pytest.raises(StyleLabError, match=r"pair\.style_blend=.*finite, >= 0 and not all 0"):
+        validate(pair_config(**{"pair.style_blend": blend}))
+
+
+def test_huge_blend_weights_normalise_without_overflow() -> None:
+    assert normalised_blend([1e308, 1e308], 2) == [0.5, 0.5]
+    assert normalised_blend([3e307, 1e308], 2) == pytest.approx([3 / 13, 10 / 13])
+    with pytest.raises(ValueError, match="finite"):
+        normalised_blend([math.inf, 1.0], 2)
