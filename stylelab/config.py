@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from omegaconf import MISSING
@@ -19,6 +20,7 @@ from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
 from stylelab.engine.optim import LINE_SEARCHES, resolve_line_search
+from stylelab.engine.schedule import SCHEDULES, pyramid_sizes
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
@@ -160,6 +162,7 @@ def validate(cfg: Config) -> None:
         *_setting_checks(cfg),
         *_weight_checks(cfg),
         *_logger_checks(cfg),
+        *_schedule_checks(cfg),
         *synthesis_checks(cfg),
     ):
         if not ok:
@@ -209,6 +212,51 @@ def _weight_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         _finite_at_least(cfg.optim.lr, 0, strict=True),
         f"optim.lr={cfg.optim.lr}: must be > 0 and finite",
+    )
+
+
+def _whole(value: Any) -> bool:
+    """A whole number >= 1 (not a bool, a float or a string of digits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _schedule_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
+    """Every schedule value, each with one line naming its key."""
+    s = cfg.schedule
+    yield s.name in SCHEDULES, f"schedule={s.name}: use {' or '.join(SCHEDULES)}"
+    if s.name != "pyramid":
+        for key in ("sizes", "steps"):
+            yield (
+                getattr(s, key) is None,
+                f"schedule.{key}={getattr(s, key)!r} is only used by schedule=pyramid: add "
+                f"schedule=pyramid, or drop schedule.{key}",
+            )
+        return
+    yield _whole(s.min_size), f"schedule.min_size={s.min_size!r}: must be a whole number >= 1"
+    yield _finite_at_least(s.factor, 1, strict=True), f"schedule.factor={s.factor}: must be > 1"
+    sizes = list(s.sizes or [])
+    yield (
+        all(_whole(size) for size in sizes) and all(a < b for a, b in pairwise(sizes)),
+        f"schedule.sizes={sizes}: must be whole numbers >= 1, each larger than the one before",
+    )
+    yield (
+        not sizes or sizes[-1] == cfg.image_size,
+        f"schedule.sizes={sizes}: must end at image_size={cfg.image_size}",
+    )
+    steps = s.steps
+    per_stage = isinstance(steps, list | tuple)
+    yield (
+        steps is None or _whole(steps) or (per_stage and all(_whole(n) for n in steps)),
+        f"schedule.steps={steps!r}: give a whole number >= 1, or a list of them, one per stage "
+        "(e.g. schedule.steps=[200,100])",
+    )
+    pyramid_ok = _whole(s.min_size) and _finite_at_least(s.factor, 1, strict=True)
+    if not per_stage or not (sizes or (pyramid_ok and 1 <= cfg.image_size <= MAX_IMAGE_SIZE)):
+        return  # (validate runs every check: no pyramid from a bad min_size or factor)
+    stages = len(sizes or pyramid_sizes(cfg.image_size, s.min_size, s.factor))
+    yield (
+        len(steps) == stages,
+        f"schedule.steps={list(steps)}: {len(steps)} step counts for {stages} stages: give one per stage, or one number for all",
     )
 
 

@@ -519,3 +519,38 @@ def test_huge_blend_weights_normalise_without_overflow() -> None:
     assert normalised_blend([3e307, 1e308], 2) == pytest.approx([3 / 13, 10 / 13])
     with pytest.raises(ValueError, match="finite"):
         normalised_blend([math.inf, 1.0], 2)
+
+
+PYRAMID = {"schedule.name": "pyramid", "image_size": 48}
+BAD_SCHEDULES = [
+    ({**PYRAMID, "schedule.steps": "12"}, "schedule.steps='12': give a whole number"),
+    ({**PYRAMID, "schedule.steps": "abc"}, "schedule.steps='abc': give a whole number"),
+    ({**PYRAMID, "schedule.steps": [1.5, 2]}, r"schedule.steps=\[1.5, 2\]: give a whole number"),
+    ({**PYRAMID, "schedule.steps": [True, 2]}, "schedule.steps=.*: give a whole number"),
+    ({**PYRAMID, "schedule.sizes": [32, 32, 48]}, "each larger than the one before"),
+    ({**PYRAMID, "schedule.sizes": [32, 40]}, "must end at image_size=48"),
+    ({**PYRAMID, "schedule.sizes": [32, 48], "schedule.steps": [1, 2, 3]}, "3 step counts for 2"),
+    ({**PYRAMID, "schedule.factor": math.inf}, "schedule.factor=inf: must be > 1"),
+    ({**PYRAMID, "schedule.min_size": 0}, "schedule.min_size=0: must be a whole number"),
+    ({"schedule.sizes": [32, 48]}, r"schedule.sizes=\[32, 48\] is only used by schedule=pyramid"),
+    ({"schedule.steps": 5}, "schedule.steps=5 is only used by schedule=pyramid"),
+    ({"schedule.name": "pyramidal"}, "schedule=pyramidal: use single or pyramid"),
+]
+
+
+@pytest.mark.parametrize(("changes", "pattern"), BAD_SCHEDULES, ids=lambda v: str(v)[:50])
+def test_schedule_values_are_checked_naming_the_key(changes: dict, pattern: str) -> None:
+    with pytest.raises(StyleLabError, match=pattern):
+        validate(pair_config(**changes))
+
+
+def test_good_schedules_pass() -> None:
+    validate(pair_config(**PYRAMID, **{"schedule.sizes": [32, 48], "schedule.steps": [3, 2]}))
+    validate(pair_config(**PYRAMID, **{"schedule.min_size": 16, "schedule.steps": [1, 2, 3, 4, 5]}))
+    validate(pair_config(**PYRAMID, **{"schedule.steps": 7}))
+
+
+def test_a_quoted_schedule_step_count_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    result, run_dir = run_in(tmp_path, *FAST, "steps=2", "schedule=pyramid", 'schedule.steps="12"')
+    assert_one_line(result, "schedule.steps='12': give a whole number >= 1")
+    assert not (run_dir / "losses.jsonl").exists()
