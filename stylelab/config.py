@@ -376,8 +376,13 @@ def perceptual_checks(cfg: Config, style_count: int) -> list[tuple[bool, str]]:
             f"style_loss={cfg.style_loss}: use one of {', '.join(STYLE_STATISTICS)}",
         ),
         (
-            masks is None or (len(masks) == style_count and None not in masks),
-            f"pair.style_masks has {len([m for m in masks or [] if m])} masks for {style_count} styles: give one each",
+            masks is None or len(masks) == style_count,
+            f"pair.style_masks has {len(masks or [])} masks for {style_count} styles: give one each",
+        ),
+        (
+            masks is None or None not in masks,
+            f"pair.style_masks={masks}: every style needs a mask (null is not one): use mask:all "
+            "for a style that applies everywhere",
         ),
         (
             source_masks is None or len(source_masks) == style_count,

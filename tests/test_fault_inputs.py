@@ -30,7 +30,9 @@ from PIL import Image
 from stylelab import resources
 from stylelab.config import Config, LayersConfig, PairConfig, validate
 from stylelab.engine.images import open_image, resize_long_side
+from stylelab.engine.masks import load_mask
 from stylelab.engine.objective import normalised_blend
+from stylelab.engine.sources import download
 from stylelab.errors import ImageError, StyleLabError
 from stylelab.preflight import unreadable_override
 from tests.conftest import FAST, run_cli, start_cli
@@ -554,3 +556,28 @@ def test_a_quoted_schedule_step_count_is_one_line_naming_the_key(tmp_path: Path)
     result, run_dir = run_in(tmp_path, *FAST, "steps=2", "schedule=pyramid", 'schedule.steps="12"')
     assert_one_line(result, "schedule.steps='12': give a whole number >= 1")
     assert not (run_dir / "losses.jsonl").exists()
+
+
+def test_a_cache_dir_that_is_a_file_says_to_set_cache_dir(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    with pytest.raises(ImageError, match=r"cannot keep downloads in .*cache/images.*set cache_dir"):
+        download("http://127.0.0.1:9/x.png", not_a_folder)
+
+
+def test_a_null_mask_is_named_as_such() -> None:
+    cfg = pair_config(**{"pair.style_masks": ["mask:left", None]})
+    with pytest.raises(StyleLabError, match=r"every style needs a mask \(null is not one\)"):
+        validate(cfg)
+    with pytest.raises(StyleLabError, match="has 1 masks for 2 styles"):
+        validate(pair_config(**{"pair.style_masks": ["mask:left"]}))
+
+
+def test_transparent_mask_pixels_do_not_apply_the_style(tmp_path: Path) -> None:
+    """An RGBA mask: white everywhere, opaque only on the right half; the left is 'no style'."""
+    rgba = np.full((8, 8, 4), 255, dtype=np.uint8)
+    rgba[:, :4, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "mask.png")
+    mask = load_mask(str(tmp_path / "mask.png"), (8, 8))
+    assert mask[..., :4].max() == 0 and mask[..., 4:].min() == 1
+    assert open_image(tmp_path / "mask.png").getpixel((0, 0)) == (255, 255, 255)  # images: white
