@@ -89,7 +89,7 @@ class RunFolder:
     """The files of one run, all under `root`."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # resume=~/... as typed
         self.frames_dir = self.root / "frames"
         self.root.mkdir(parents=True, exist_ok=True)
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -581,3 +582,30 @@ def test_transparent_mask_pixels_do_not_apply_the_style(tmp_path: Path) -> None:
     mask = load_mask(str(tmp_path / "mask.png"), (8, 8))
     assert mask[..., :4].max() == 0 and mask[..., 4:].min() == 1
     assert open_image(tmp_path / "mask.png").getpixel((0, 0)) == (255, 255, 255)  # images: white
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["pair.content=~/photos/a.jpg", "pair.style=https://x.org/a.jpg#sha256=ab12", "resume=~/run"],
+)
+def test_values_hydras_lexer_refuses_get_a_quoting_hint(argument: str) -> None:
+    key, _, value = argument.partition("=")
+    message = unreadable_override(argument)
+    assert message is not None and f"here: '{key}=\"{value}\"'" in message, message
+    assert unreadable_override(f"{key}='{value}'") is None
+
+
+def test_a_home_folder_path_works_in_path_keys_and_resume(tmp_path: Path) -> None:
+    """Issue 26: `~` (quoted for Hydra, as the hint says) in pair.content and in resume=."""
+    home = tmp_path / "home"
+    home.mkdir()
+    png(home / "photo.png")
+    env = {"HOME": str(home)}
+    first, _ = run_in(tmp_path, *FAST, "steps=2", 'pair.content="~/photo.png"', env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.move(tmp_path / "run", home / "run")
+    again = run_cli(*FAST, "steps=3", 'resume="~/run"', cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = (home / "run" / "losses.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in rows] == [0, 1, 2]
+    assert not (tmp_path / "~").exists() and not (tmp_path / "outputs").exists()
