@@ -112,7 +112,9 @@ class LoggerConfig:
 
 @dataclass
 class LogConfig:
-    image_every: int = 25  # steps between intermediate frames (PNG, GIF frame, W&B image)
+    # steps between intermediate frames (PNG, GIF frame, W&B image); default (null): about 30
+    # frames per run, i.e. every step up to 30 steps, every 10th of 300
+    image_every: int | None = None
     flush_every: int = 10  # steps between reading losses back from the device
     gif_seconds_per_frame: float = 0.1
     checkpoint_every: int = (
@@ -197,7 +199,10 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
         cfg.precision in ("auto", "fp32", "bf16"),
         f"precision={cfg.precision}: use auto, fp32 or bf16",
     )
-    yield cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"
+    yield (
+        cfg.log.image_every is None or cfg.log.image_every >= 1,
+        f"log.image_every={cfg.log.image_every}: must be >= 1 (or null: about 30 frames a run)",
+    )
     yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"
     yield (
         cfg.log.checkpoint_every >= 0,
