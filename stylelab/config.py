@@ -87,7 +87,7 @@ class ScheduleConfig:
     name: str = "single"  # single | pyramid
     min_size: int = 128  # pyramid: the first stage's long side
     factor: float = 1.4142135623730951  # pyramid: growth between stages (sqrt 2)
-    sizes: list[int] | None = None  # pyramid: explicit sizes, ending at image_size
+    sizes: Any = None  # pyramid: explicit sizes, whole numbers ending at image_size (checked)
     steps: Any = None  # pyramid: steps per stage, one number or one per stage (default: steps)
 
 
@@ -239,10 +239,13 @@ def _schedule_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
         return
     yield _whole(s.min_size), f"schedule.min_size={s.min_size!r}: must be a whole number >= 1"
     yield _finite_at_least(s.factor, 1, strict=True), f"schedule.factor={s.factor}: must be > 1"
-    sizes = list(s.sizes or [])
+    listed = isinstance(s.sizes, list | tuple)
+    sizes = list(s.sizes) if listed else []
     yield (
-        all(_whole(size) for size in sizes) and all(a < b for a, b in pairwise(sizes)),
-        f"schedule.sizes={sizes}: must be whole numbers >= 1, each larger than the one before",
+        s.sizes is None
+        or (listed and all(_whole(n) for n in sizes) and all(a < b for a, b in pairwise(sizes))),
+        f"schedule.sizes={s.sizes!r}: must be a list of whole numbers >= 1, each larger than the "
+        "one before (e.g. schedule.sizes=[256,512])",
     )
     yield (
         not sizes or sizes[-1] == cfg.image_size,

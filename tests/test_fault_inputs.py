@@ -531,6 +531,11 @@ BAD_SCHEDULES = [
     ({**PYRAMID, "schedule.steps": [1.5, 2]}, r"schedule.steps=\[1.5, 2\]: give a whole number"),
     ({**PYRAMID, "schedule.steps": [True, 2]}, "schedule.steps=.*: give a whole number"),
     ({**PYRAMID, "schedule.sizes": [32, 32, 48]}, "each larger than the one before"),
+    (
+        {**PYRAMID, "schedule.sizes": [1.5, 48]},
+        r"schedule.sizes=\[1.5, 48\]: must be a list of whole",
+    ),
+    ({**PYRAMID, "schedule.sizes": 48}, "schedule.sizes=48: must be a list of whole numbers"),
     ({**PYRAMID, "schedule.sizes": [32, 40]}, "must end at image_size=48"),
     ({**PYRAMID, "schedule.sizes": [32, 48], "schedule.steps": [1, 2, 3]}, "3 step counts for 2"),
     ({**PYRAMID, "schedule.factor": math.inf}, "schedule.factor=inf: must be > 1"),
