@@ -312,13 +312,13 @@ def image_bytes(path: Path) -> tuple[bytes, str] | None:
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+                return None
+            data = file.read(MAX_IMAGE_BYTES + 1)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
-            return None
-        data = file.read(MAX_IMAGE_BYTES + 1)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
