@@ -24,6 +24,7 @@ from stylelab.engine.schedule import SCHEDULES, pyramid_sizes
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
+from stylelab.tracking.wandb_artifacts import ARTIFACT_KINDS
 from stylelab.tracking.wandb_tracker import MODES, PROJECT_BAD_CHARS, PROJECT_MAX_LEN
 
 MAX_IMAGE_SIZE = 16384  # VGG-19 at this size needs ~400 GiB; larger is always a typo
@@ -108,6 +109,9 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
     init_timeout: float = 15.0  # seconds to wait for the W&B server before logging offline
+    # W&B Artifacts: result (final image, GIF, config, summary, losses), checkpoint (a version
+    # per checkpoint; large) and inputs (the input files by SHA-256, online only); [] for none
+    artifacts: list[str] = field(default_factory=lambda: ["result"])
 
 
 @dataclass
@@ -123,6 +127,14 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The fixed evaluation protocol (stylelab.engine.evaluation; README "Comparing runs"):
+    always on the saved final image; `every` N steps too (null: at the end only)."""
+
+    every: int | None = None
+
+
+@dataclass
 class Config:
     pair: PairConfig = field(default_factory=PairConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
@@ -132,6 +144,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     color: ColorConfig = field(default_factory=ColorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     content_weight: float = 1.0
     style_weight: float = 1e6
@@ -156,6 +169,9 @@ class Config:
     cache_dir: str | None = None  # downloaded images (default ~/.cache/stylelab)
     max_input_pixels: int = DEFAULT_MAX_PIXELS  # larger inputs are refused (decompression bombs)
     debug: bool = False  # show tracebacks for errors
+    # what a run returns to a sweeper: a summary key, or a list of them for a multi-objective
+    # sweeper (hparams_search=pareto: [eval/content, eval/style]); a failed run returns inf each
+    sweep_returns: Any = "final/total"
 
 
 def validate(cfg: Config) -> None:
@@ -175,6 +191,15 @@ def validate(cfg: Config) -> None:
 
 def _finite_at_least(value: float, low: float, strict: bool = False) -> bool:
     return math.isfinite(value) and (value > low if strict else value >= low)
+
+
+def _names_summary_keys(setting: Any) -> bool:
+    keys = [setting] if isinstance(setting, str) else setting
+    return (
+        isinstance(keys, list | tuple)
+        and len(keys) > 0
+        and all(isinstance(key, str) and key.strip() for key in keys)
+    )
 
 
 def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
@@ -200,10 +225,21 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
         f"precision={cfg.precision}: use auto, fp32 or bf16",
     )
     yield (
+        _names_summary_keys(cfg.sweep_returns),
+        (
+            f"sweep_returns={cfg.sweep_returns}: give a summary key such as final/total, or a list "
+            "such as [eval/content,eval/style]"
+        ),
+    )
+    yield (
         cfg.log.image_every is None or cfg.log.image_every >= 1,
         f"log.image_every={cfg.log.image_every}: must be >= 1 (or null: about 30 frames a run)",
     )
     yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"
+    yield (
+        cfg.eval.every is None or cfg.eval.every >= 1,
+        f"eval.every={cfg.eval.every}: must be >= 1 (or null: evaluate at the end only)",
+    )
     yield (
         cfg.log.checkpoint_every >= 0,
         f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
@@ -276,6 +312,12 @@ def _logger_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         logger.mode in MODES,
         f"logger.mode={logger.mode}: use one of {', '.join(MODES)}",
+    )
+    unknown = [kind for kind in logger.artifacts if kind not in ARTIFACT_KINDS]
+    yield (
+        not unknown,
+        f"logger.artifacts={list(logger.artifacts)}: {', '.join(map(str, unknown))} is not an "
+        f"artifact kind; use a list of {', '.join(ARTIFACT_KINDS)} ([] for none)",
     )
     project = logger.project or ""
     bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})

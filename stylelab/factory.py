@@ -146,6 +146,7 @@ class Built:
     device: torch.device
     precision: str
     images: StageImages
+    vgg: torch.nn.Sequential  # the whole VGG-19 `features` (the evaluation reads deeper layers)
 
     def inputs(self) -> dict[str, np.ndarray]:
         """The inputs at the final size (uint8): `content` as given (whose colours `color=`
@@ -180,11 +181,8 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sources = sources or SourceImages.load(cfg)
     style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
-    encoder = VGGFeatures(
-        load_vgg(cfg),
-        style_layers + content_layers,
-        cfg.model.pooling,
-    )
+    vgg = load_vgg(cfg)
+    encoder = VGGFeatures(vgg, style_layers + content_layers, cfg.model.pooling)
     stages = schedule_of(cfg)
     images = StageImages(sources, cfg, device)
     check_sizes(images, stages, encoder)
@@ -209,7 +207,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
         blend=cfg.pair.style_blend,
         **perceptual_hooks(cfg, device),
     )
-    return Built(synthesis, device, precision, images)
+    return Built(synthesis, device, precision, images, vgg)
 
 
 def perceptual_hooks(cfg: Config, device: torch.device) -> dict:

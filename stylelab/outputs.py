@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pickle
+import secrets
 import shutil
 import socket
 import zipfile
@@ -29,13 +30,16 @@ except ImportError:  # Windows: run folders are not locked
 
 log = logging.getLogger(__name__)
 LOSSES_FILE = "losses.jsonl"
+EVAL_FILE = "eval.jsonl"  # eval.every: the evaluation protocol's metrics, one row per evaluation
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
 FINAL_IMAGE = "final.png"
 GIF_FILE = "synthesis.gif"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
+RUN_ID_FILE = "run_id"  # the run's id, written when it starts; its checkpoints carry it too
 RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
+NOT_STARTED = "not started"  # a summary's status: set up, stopped before its first step
 
 _held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
 
@@ -88,8 +92,9 @@ def unlock(*folders: str | Path) -> None:
 class RunFolder:
     """The files of one run, all under `root`."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, folder_key: str = "hydra.run.dir"):
         self.root = Path(root).expanduser()  # resume=~/... as typed
+        self.folder_key = folder_key  # the key that picks this folder, for messages
         self.frames_dir = self.root / "frames"
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -101,36 +106,57 @@ class RunFolder:
     def checkpoint_path(self) -> Path:
         return self.root / CHECKPOINT_FILE
 
+    @property
+    def run_id_path(self) -> Path:
+        return self.root / RUN_ID_FILE
+
+    def run_id(self) -> str | None:
+        """The id of the run this folder holds; None for a run from before ids (or none)."""
+        try:
+            return self.run_id_path.read_text().strip() or None
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def start_run_id(self, new: bool) -> str | None:
+        """The run's id: a fresh one (written) for a `new` run, else the folder's (None for a
+        run from before ids, which stays without one)."""
+        if not new:
+            return self.run_id()
+        run_id = secrets.token_hex(8)
+        tmp = self.run_id_path.with_name(RUN_ID_FILE + ".tmp")
+        tmp.write_text(run_id + "\n")
+        tmp.replace(self.run_id_path)
+        return run_id
+
     def save_image(self, name: str, image: torch.Tensor | np.ndarray) -> Path:
         return save_png(image, self.root / name)
 
     def save_frame(self, step: int, image: np.ndarray) -> Path:
         return save_png(image, self.frames_dir / f"step_{step:06d}.png")
 
+    @property
+    def eval_path(self) -> Path:
+        return self.root / EVAL_FILE
+
     def append_losses(self, rows: list[dict[str, float]]) -> None:
-        size = self.losses_path.stat().st_size if self.losses_path.exists() else 0
-        try:
-            with self.losses_path.open("a") as file:
-                for row in rows:
-                    file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError:  # a full disk: no half row at the end (resume reads every line)
-            with contextlib.suppress(OSError):
-                os.truncate(self.losses_path, size)
-            raise
+        _append_rows(self.losses_path, rows)
+
+    def append_eval(self, rows: list[dict[str, float]]) -> None:
+        _append_rows(self.eval_path, rows)
 
     def read_losses(self) -> list[dict[str, Any]]:
-        if not self.losses_path.exists():
-            return []
-        return [
-            json.loads(line) for line in self.losses_path.read_text().splitlines() if line.strip()
-        ]
+        return _read_rows(self.losses_path)
+
+    def read_eval(self) -> list[dict[str, Any]]:
+        return _read_rows(self.eval_path)
 
     def truncate_losses(self, before_step: int) -> None:
-        """Drop rows at or after `before_step` (they will be recomputed after a resume)."""
-        rows = [row for row in self.read_losses() if row["step"] < before_step]
-        self.losses_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        """Drop loss and evaluation rows at or after `before_step` (they will be recomputed
+        after a resume)."""
+        for path in (self.losses_path, self.eval_path):
+            if path.exists() or path == self.losses_path:
+                rows = [row for row in _read_rows(path) if row["step"] < before_step]
+                path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def write_gif(self, final: np.ndarray, seconds_per_frame: float) -> Path:
         """Every frame (earlier stages' smaller ones scaled up to the final size) and `final`."""
@@ -211,7 +237,7 @@ class RunFolder:
             os.close(fd)
             raise RunFolderError(
                 f"{self.root} is in use by another run ({holder}): wait for it to end, or give "
-                "this run another folder (leave hydra.run.dir unset for a new one)"
+                f"this run another folder (leave {self.folder_key} unset for a new one)"
             ) from None
         except OSError as error:  # a file system without locks: run unguarded
             os.close(fd)
@@ -223,6 +249,14 @@ class RunFolder:
 
     def unlock(self) -> None:
         unlock(self.root)
+
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary.json; {} if there is none or it cannot be read."""
+        try:
+            summary = json.loads((self.root / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
 
     def earlier_run(self) -> str | None:
         """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
@@ -237,7 +271,7 @@ class RunFolder:
     def check_fresh(self) -> None:
         """Refuse to start a new run where an earlier one left its files."""
         earlier = self.earlier_run()
-        if earlier is None:
+        if earlier in (None, NOT_STARTED):  # a run that never took a step may start here anew
             return
         article = "an" if earlier[0] in "aeiou" else "a"
         more = " steps=<more>" if earlier == "finished" else ""
@@ -248,8 +282,30 @@ class RunFolder:
         )
         raise RunFolderError(
             f"{self.root} already holds {article} {earlier} run: {resume}start a new run in "
-            "another folder (leave hydra.run.dir unset for a new one)"
+            f"another folder (leave {self.folder_key} unset for a new one)"
         )
+
+
+def _append_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """Append JSON lines, synced; on a full disk no half row stays at the end (resume reads
+    every line)."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a") as file:
+            for row in rows:
+                file.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,11 @@ class RunFolderRecorder(Observer):
 
 
 class TrackerRecorder(Observer):
-    """Loss rows (`loss/<name>`, plus `stage` and `size`) and frames to the tracker."""
+    """Loss rows (`loss/<name>`, plus `stage` and `size`, plus what `extra(step)` gives for the
+    row's step: `eval/*` with `eval.every`) and frames to the tracker."""
 
-    def __init__(self, tracker: Tracker):
-        self.tracker = tracker
+    def __init__(self, tracker: Tracker, extra: Callable[[int], dict[str, Any]] | None = None):
+        self.tracker, self.extra = tracker, extra
 
     def on_frame(self, step: int, image: np.ndarray) -> None:
         self.tracker.log_image("synthesis", image, step=step)
@@ -54,6 +56,8 @@ class TrackerRecorder(Observer):
                 for key, value in row.items()
                 if key != "step"
             }
+            if self.extra is not None:
+                metrics.update(self.extra(int(row["step"])))
             self.tracker.log_metrics(int(row["step"]), metrics)
 
     def on_checkpoint(self, state: dict[str, Any]) -> None:

@@ -1,12 +1,17 @@
 """An offline comparison report of a sweep, from its run folders alone (no W&B needed).
 
-    python -m stylelab.report multirun/2024-05-01/12-00-00 [--out report.html] [--rows KEY] [--cols KEY]
+    python -m stylelab.report multirun/2024-05-01/12-00-00 [MORE SWEEPS ...] [--out report.html]
+        [--rows KEY] [--cols KEY] [--color-by KEY] [--label-by KEY]
 
 writes one self-contained HTML page (images embedded as data URIs, so it works when moved): a grid
 of the final images whose rows and columns are the swept keys (detected from each job's
-`.hydra/overrides.yaml`), the loss curves, and a sortable table of hyperparameters and final
-losses in which failed jobs show their status and error. The loading and plotting functions are
-also what `notebooks/compare_runs.ipynb` uses, for local folders and for W&B runs alike.
+`.hydra/overrides.yaml`), the trade-off plot of the evaluation's `eval/content` against
+`eval/style` with the Pareto-optimal runs, the loss curves coloured by a swept key, the per-layer
+losses weighted and unweighted, the mean and spread over seeds when `seed` is swept, and a
+sortable table of hyperparameters, metrics and final losses in which failed jobs show their status
+and error. Several sweeps (or a folder holding sweeps) make one page, with `sweep` as a key. The
+loading and plotting functions are also what `notebooks/compare_runs.ipynb` uses, for local
+folders and for W&B runs alike.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from stylelab.pareto import EVAL_KEYS, as_float
 
 EXIT_USAGE = 2
 ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
@@ -95,14 +102,6 @@ class Job:
         return [step for step, _ in points], [value for _, value in points]
 
 
-def as_float(value: Any) -> float | None:
-    """A number from a JSON value (`"nan"`/`"inf"` included), else None."""
-    try:
-        return float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     """`["+a.b=1", "c=skimage\\:coffee", "d='x y'"]` -> `{"a.b": "1", "c": "skimage:coffee", "d": "x y"}`."""
     parsed = {}
@@ -134,6 +133,16 @@ def find_sweeps(root: str | Path) -> list[Path]:
         sweep = path.parent.parent.parent
         started[sweep] = max(started.get(sweep, 0.0), path.stat().st_mtime)
     return sorted(started, key=started.__getitem__, reverse=True)
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """A relative folder from the working directory or, where it is not there, from the nearest
+    parent that has it: a notebook's kernel runs in `notebooks/`, while the README's commands
+    (`STYLELAB_SWEEP_DIR=multirun/...`) name folders from the repository root."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return next((parent / path for parent in Path.cwd().parents if (parent / path).exists()), path)
 
 
 def latest_sweep(root: str | Path = "multirun") -> Path | None:
@@ -195,6 +204,11 @@ def loss_kinds(jobs: list[Job]) -> list[str]:
 def final_keys(jobs: list[Job]) -> list[str]:
     """The summary's final loss of each kind, then the wall time."""
     return [f"final/{kind}" for kind in loss_kinds(jobs)] + ["seconds"]
+
+
+def eval_keys(jobs: list[Job]) -> list[str]:
+    """The evaluation's metrics any run recorded (`eval/content`, `eval/style`, ...)."""
+    return [key for key in EVAL_KEYS if any(key in job.summary for job in jobs)]
 
 
 def load_jobs(folder: str | Path) -> list[Job]:
@@ -284,16 +298,37 @@ def label(value: str | None) -> str:
     return f"{number:g}" if number is not None and re.fullmatch(r"[-+0-9.eE]+", value) else value
 
 
+def check_keys(jobs: list[Job], options: dict[str, str | None]) -> None:
+    """ReportError when an option names a key no run has."""
+    varying = swept_keys(jobs)[1]
+    for option, key in options.items():
+        if key and all(job.value(key) is None for job in jobs):
+            raise ReportError(
+                f"{option} {key}: no run has that key; the swept keys are {', '.join(varying) or 'none'}"
+            )
+
+
+def plot_keys(
+    jobs: list[Job], keys: list[str], color_by: str | None = None, label_by: str | None = None
+) -> tuple[str | None, str | None]:
+    """(colour key, label/line-style key) of the plots: the given ones, else the grid's column
+    key and row key (the swept keys, `seed` last: seeds are averaged, not told apart)."""
+    check_keys(jobs, {"--color-by": color_by, "--label-by": label_by})
+    free = [key for key in keys if key not in (color_by, label_by)]
+    free.sort(key=lambda key: key == "seed")
+    if len(free) > 1 and color_by is None and label_by is None:
+        free[:2] = [free[1], free[0]]  # colour by the columns' key, label by the rows'
+    color_by = color_by or (free.pop(0) if free else None)
+    label_by = label_by or (free.pop(0) if free else None)
+    return color_by, (label_by if label_by != "seed" else None)
+
+
 def choose_axes(
     jobs: list[Job], rows: str | None, cols: str | None
 ) -> tuple[str | None, str | None, list[str]]:
     """(row key, column key, caption keys); one swept key gives a single row."""
     axes, varying = swept_keys(jobs)
-    for option, key in (("--rows", rows), ("--cols", cols)):
-        if key and all(job.value(key) is None for job in jobs):
-            raise ReportError(
-                f"{option} {key}: no run has that key; the swept keys are {', '.join(varying) or 'none'}"
-            )
+    check_keys(jobs, {"--rows": rows, "--cols": cols})
     free = [key for key in axes if key not in (rows, cols)]
     if rows is None and cols is None and len(free) == 1:
         cols = free.pop(0)  # one swept key: a single row
@@ -341,10 +376,16 @@ def loss_figure(
     jobs: list[Job],
     run_label: Callable[[Job], str] | None = None,
     terms: Iterable[str] | None = None,
+    color_by: str | None = None,
+    style_by: str | None = None,
 ):
-    """A matplotlib Figure: one log-scale panel per loss term, one line per run (Agg, no pyplot)."""
+    """A matplotlib Figure: one log-scale panel per loss term, one line per run (Agg, no pyplot).
+    With `color_by` the colour is that key's setting and the line style `style_by`'s (legend:
+    one entry per setting); without, one colour per run."""
     from matplotlib.figure import Figure
 
+    if color_by or style_by:
+        return keyed_loss_figure(jobs, terms, color_by, style_by)
     terms = list(terms) if terms is not None else loss_kinds(jobs)
     run_label = run_label or (lambda job: job.name)
     figure = Figure(figsize=(5 * len(terms), 4.2), layout="constrained")
@@ -375,6 +416,35 @@ def loss_figure(
             ncol=min(len(jobs), 4),
             fontsize="small",
         )
+    return figure
+
+
+def keyed_loss_figure(
+    jobs: list[Job], terms: Iterable[str] | None, color_by: str | None, style_by: str | None
+):
+    """`loss_figure` with one colour per setting of `color_by`, one line style per `style_by`."""
+    from matplotlib.figure import Figure
+
+    from stylelab.plotting import KeyStyle
+
+    terms = list(terms) if terms is not None else loss_kinds(jobs)
+    style = KeyStyle(jobs, color_by, style_by)
+    figure = Figure(figsize=(5 * len(terms), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(terms), squeeze=False)[0]
+    for ax, term in zip(axes, terms, strict=True):
+        for job in jobs:
+            steps, values = job.curve(term)
+            if steps:
+                ax.plot(steps, values, color=style.color(job), linestyle=style.linestyle(job),
+                        marker="." if len(steps) < 20 else None, alpha=0.85)  # fmt: skip
+        if any(v > 0 for line in ax.lines for v in line.get_ydata() if math.isfinite(v)):
+            ax.set_yscale("log", nonpositive="mask")
+        ax.set(title=f"{term} loss", xlabel="step")
+        ax.grid(True, which="major", alpha=0.3)
+    handles = style.legend_handles()
+    if handles and any(ax.lines for ax in axes):
+        figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+                      fontsize="small")  # fmt: skip
     return figure
 
 
@@ -440,9 +510,12 @@ def inputs_html(jobs: list[Job]) -> str:
 
 def table_html(jobs: list[Job], keys: list[str]) -> str:
     """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
+    from stylelab.layer_losses import KINDS, unweighted_total
+
     columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
-    finals = final_keys(jobs)
-    head = ["job", "status", *columns, *finals, "error"]
+    finals = [*eval_keys(jobs), *final_keys(jobs)]
+    unweighted = [kind for kind in KINDS if any(unweighted_total(job, kind) for job in jobs)]
+    head = ["job", "status", *columns, *finals, *(f"{k} (unweighted)" for k in unweighted), "error"]
     rows = []
     for job in jobs:
         values = [job.value(key) for key in columns]
@@ -453,11 +526,14 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
         cells += [
             f'<td data-sort="{html.escape(v or "")}">{html.escape(label(v))}</td>' for v in values
         ]
-        for key in finals:
-            number = as_float(job.summary.get(key))
+        numbers = [as_float(job.summary.get(key)) for key in finals]
+        numbers += [unweighted_total(job, kind) for kind in unweighted]
+        for number in numbers:
             text = f"{number:.4g}" if number is not None else ""
             cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')
-        cells.append(f'<td class="error">{html.escape(job.error)}</td>')
+        failed_eval = job.summary.get("eval/error")
+        error = job.error or (f"evaluation failed: {failed_eval}" if failed_eval else "")
+        cells.append(f'<td class="error">{html.escape(error)}</td>')
         css = "" if job.status == "finished" else ' class="bad"'
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")
     header = "".join(f'<th title="click to sort">{html.escape(key)}</th>' for key in head)
@@ -487,42 +563,142 @@ document.querySelectorAll("table.sortable th").forEach((th, i) => th.addEventLis
 }));"""
 
 
-def render(jobs: list[Job], title: str, rows: str | None = None, cols: str | None = None) -> str:
-    """The whole page as a string."""
+def sweep_name(sweep: Path, sweeps: list[Path]) -> str:
+    """A sweep's short name: its path below the sweeps' common folder."""
+    if len(sweeps) == 1:
+        return sweep.name
+    common = Path(os.path.commonpath([path.resolve() for path in sweeps]))
+    return sweep.resolve().relative_to(common).as_posix() or sweep.name
+
+
+def expand_sweeps(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path as one sweep, or, for a folder holding sweeps, every sweep in it (by name)."""
+    sweeps: list[Path] = []
+    for path in (Path(p).expanduser() for p in paths):
+        inside = sorted(find_sweeps(path)) if path.is_dir() and not job_folders(path) else []
+        sweeps += inside or [path]
+    return list(dict.fromkeys(sweeps))
+
+
+def load_sweeps(paths: Iterable[str | Path]) -> tuple[list[Job], list[Path]]:
+    """The jobs of several sweeps (or of the sweeps in a parent folder) and the sweeps; with
+    more than one, each job's name and its `sweep` key (a grid axis) say which sweep it is from."""
+    sweeps = expand_sweeps(paths)
+    if len(sweeps) == 1:
+        return load_jobs(sweeps[0]), sweeps
+    jobs = []
+    for sweep in sweeps:
+        name = sweep_name(sweep, sweeps)
+        for job in load_jobs(sweep):
+            job.name = f"{name}/{job.name}"
+            job.overrides = {"sweep": name, **job.overrides}
+            jobs.append(job)
+    return jobs, sweeps
+
+
+def pareto_rows(jobs: list[Job], keys: list[str]) -> list[dict[str, Any]]:
+    from stylelab.tradeoff import pareto_jobs, tradeoff_point
+
+    rows = []
+    for job in pareto_jobs(jobs):
+        content, style = tradeoff_point(job)
+        values = [label(job.value(key)) for key in keys]
+        rows.append(
+            {
+                "job": job.name,
+                "settings": values,
+                "content": f"{content:.4g}",
+                "style": f"{style:.4g}",
+            }
+        )
+    return rows
+
+
+def render(
+    jobs: list[Job],
+    title: str,
+    rows: str | None = None,
+    cols: str | None = None,
+    color_by: str | None = None,
+    label_by: str | None = None,
+    sweeps: Iterable[str] = (),
+) -> str:
+    """The whole page as a string (stylelab/templates/report.html.j2, autoescaped)."""
+    import jinja2
+    from markupsafe import Markup
+
+    from stylelab.layer_losses import layer_figure
+    from stylelab.seeds import seed_rows, seed_swept
+    from stylelab.tradeoff import missing_reason, tradeoff_figure
+
     row_key, col_key, captions = choose_axes(jobs, rows, cols)
     keys = [key for key in (row_key, col_key, *captions) if key]
-    finished = sum(job.status == "finished" for job in jobs)
-    if any(job.losses for job in jobs):
-        figure = loss_figure(
-            jobs, lambda job: ", ".join(f"{k}={label(job.value(k))}" for k in keys) or job.name
-        )
-        losses = f'<img class="losses" src="{figure_uri(figure)}" alt="loss curves">'
-    else:
-        losses = "<p>No run recorded any losses.</p>"
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>{len(jobs)} runs, {finished} finished; swept: {html.escape(", ".join(keys) or "nothing")}. Written {stamp} by stylelab.report.</p>
-<h2>Outputs</h2>{grid_html(jobs, row_key, col_key)}
-<h2>Inputs</h2>{inputs_html(jobs)}
-<h2>Losses</h2>{losses}
-<h2>Runs</h2>{table_html(jobs, keys)}
-<script>{SORT_SCRIPT}</script></body></html>
-"""
+    color_by, label_by = plot_keys(jobs, keys, color_by, label_by)
+    losses = (
+        loss_figure(jobs, color_by=color_by, style_by=label_by)
+        if any(j.losses for j in jobs)
+        else None
+    )
+    tradeoff = tradeoff_figure(jobs, color_by, label_by, keys)
+    layers = layer_figure(jobs, color_by, label_by)
+    seeds = None
+    if seed_swept(jobs, keys):
+        metrics = [*eval_keys(jobs), "final/total"]
+        setting = [key for key in keys if key != "seed"]
+        seeds = {"columns": setting, "metrics": metrics, "rows": seed_rows(jobs, keys, metrics)}
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        autoescape=True,
+    )
+    protocols = sorted(
+        {str(j.summary["eval/protocol"]) for j in jobs if j.summary.get("eval/protocol")}
+    )
+    return environment.get_template("report.html.j2").render(
+        title=title,
+        style=Markup(STYLE),
+        script=Markup(SORT_SCRIPT),
+        jobs=jobs,
+        finished=sum(job.status == "finished" for job in jobs),
+        sweeps=list(sweeps),
+        keys=keys,
+        protocols=protocols,
+        stamp=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        grid=Markup(grid_html(jobs, row_key, col_key)),
+        inputs=Markup(inputs_html(jobs)),
+        color_by=color_by,
+        label_by=label_by,
+        tradeoff=figure_uri(tradeoff) if tradeoff is not None else None,
+        tradeoff_missing=missing_reason(jobs),
+        pareto=pareto_rows(jobs, keys),
+        seeds=seeds,
+        losses=figure_uri(losses) if losses is not None else None,
+        layers=figure_uri(layers) if layers is not None else None,
+        table=Markup(table_html(jobs, keys)),
+    )
 
 
 def write_report(
-    sweep: str | Path,
+    sweep: str | Path | Iterable[str | Path],
     out: str | Path | None = None,
     rows: str | None = None,
     cols: str | None = None,
     title: str | None = None,
+    color_by: str | None = None,
+    label_by: str | None = None,
 ) -> Path:
-    """Write the report of the multirun folder `sweep` (default `<sweep>/report.html`); returns its path."""
-    jobs = load_jobs(sweep)
-    out_path = Path(out).expanduser() if out else Path(sweep).expanduser() / "report.html"
-    page = render(jobs, title or f"stylelab sweep {Path(sweep)}", rows, cols)
+    """Write the report of the multirun folder `sweep`, or of several sweeps (or a folder holding
+    sweeps) in one page; by default `<sweep>/report.html` (several: in their common folder)."""
+    paths = [sweep] if isinstance(sweep, str | Path) else list(sweep)
+    jobs, sweeps = load_sweeps(paths)
+    if out:
+        out_path = Path(out).expanduser()
+    elif len(sweeps) == 1:
+        out_path = sweeps[0] / "report.html"
+    else:
+        out_path = Path(os.path.commonpath([p.resolve() for p in sweeps])) / "report.html"
+    names = [sweep_name(path, sweeps) for path in sweeps]
+    default_title = f"stylelab sweep {Path(paths[0])}" if len(sweeps) == 1 else "stylelab sweeps"
+    page = render(jobs, title or default_title, rows, cols, color_by, label_by, names)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(page, encoding="utf-8")
@@ -535,19 +711,36 @@ def main(argv: list[str] | None = None) -> int:
     """`stylelab-report` / `python -m stylelab.report`; returns the exit code."""
     parser = argparse.ArgumentParser(prog="stylelab-report", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "sweep", help="a multirun folder (multirun/<date>/<time>) or one run folder"
+        "sweep",
+        nargs="+",
+        help="multirun folders (multirun/<date>/<time>), run folders, or folders holding sweeps",
     )
-    parser.add_argument("--out", help="the HTML file to write (default: <sweep>/report.html)")
+    parser.add_argument(
+        "--out",
+        help="the HTML file to write (default: <sweep>/report.html; several sweeps: "
+        "report.html in their common folder)",
+    )
     parser.add_argument(
         "--rows", help="the key whose values make the grid's rows (default: the first swept key)"
     )
     parser.add_argument(
         "--cols", help="the key whose values make the grid's columns (default: the second)"
     )
+    parser.add_argument(
+        "--color-by",
+        help="the key that colours the trade-off plot and the loss curves (default: --cols')",
+    )
+    parser.add_argument(
+        "--label-by",
+        help="the key that labels the trade-off plot's points and sets the loss curves' line "
+        "style (default: --rows')",
+    )
     parser.add_argument("--title", help="the page title")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.sweep, args.out, args.rows, args.cols, args.title)
+        out = write_report(
+            args.sweep, args.out, args.rows, args.cols, args.title, args.color_by, args.label_by
+        )
     except ReportError as error:
         print(f"stylelab-report: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,11 +3,14 @@
 A resumed run must be the same synthesis: only the keys in `RESUMABLE` may differ from the
 run's `config.yaml` (more steps, another device, other logging); everything else (image and
 style size, optimiser and its settings, layers, loss weights, pair, model, seed, init,
-precision) is refused before anything is written.
+precision) is refused before anything is written. So is a checkpoint of another run (its run id
+differs from the folder's), and a `steps`/`schedule.steps` that leaves nothing to do, changes
+stages already done, or changes nothing.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stylelab.config import Config
+from stylelab.engine.schedule import Stage
 from stylelab.errors import StyleLabError
+from stylelab.factory import schedule_of
 from stylelab.outputs import CONFIG_FILE, CheckpointError, RunFolder, was_interrupted
 
 # Keys (or key prefixes ending in ".") a resume may change; every other key is fixed. `resume`
 # (the folder itself) comes last and is left out of messages.
-RESUMABLE = ("steps", "device", "debug", "cache_dir", "log.", "logger.", "resume")
+RESUMABLE = ("steps", "schedule.steps", "device", "debug", "cache_dir", "log.", "logger.", "resume")
 _ABSENT = object()
 
 
@@ -105,8 +110,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str], resume: str | None = N
     return resumed
 
 
-def check_checkpoint(folder: RunFolder, config: DictConfig) -> None:
-    """The folder's checkpoint is readable and was written by the run `config` describes."""
+def check_checkpoint(folder: RunFolder, config: DictConfig) -> dict[str, Any]:
+    """The folder's checkpoint is readable and was written by the run `config` describes (its
+    settings and its run id); returns it (tensors memory-mapped)."""
     checkpoint = folder.load_checkpoint(mmap=True)
     if checkpoint is None:
         raise CheckpointError(
@@ -125,10 +131,78 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> None:
             f"{folder.checkpoint_path} belongs to another run (it differs from config.yaml in "
             f"{', '.join(differences)}): put back this run's checkpoint, or start a new run"
         )
+    # A run from before run ids has none in its folder nor in its checkpoints.
+    run_id, written_by = folder.run_id(), checkpoint.get("run_id")
+    if written_by != run_id:
+        raise CheckpointError(
+            f"{folder.checkpoint_path} belongs to another run (run id {written_by or 'none'}, "
+            f"this folder's run is {run_id or 'from before run ids'}): put back this run's "
+            "checkpoint, or start a new run"
+        )
+    return checkpoint
 
 
-def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+def _stages(cfg: DictConfig) -> list[Stage]:
+    return schedule_of(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+
+
+def _counts(stages: list[Stage]) -> str:
+    return "[" + ",".join(str(stage.steps) for stage in stages) + "]"
+
+
+def check_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
+    """The resumed run (`cfg`) has steps left after the checkpoint's, keeps the steps of the
+    stages it has finished, and a changed `steps` or `schedule.steps` changes its stages."""
+    saved = checkpoint["config"]
+    before = copy.deepcopy(cfg)
+    before.steps = saved.get("steps", cfg.steps)
+    before.schedule.steps = (saved.get("schedule") or {}).get("steps", cfg.schedule.steps)
+    old, new = _stages(before), _stages(cfg)
+    stage, done = int(checkpoint.get("stage", 0)), int(checkpoint["synthesis"]["step"])
+    per_stage = cfg.schedule.name != "single" and cfg.schedule.steps is not None
+    key = "schedule.steps" if per_stage else "steps"
+    asked = f"{key}={_counts(new) if per_stage else cfg.steps}"
+    where = f"resume={cfg.resume}: the run has done {done} steps"
+    if len(new) > 1:
+        where += f" (in stage {stage + 1} of {len(new)}, {old[stage].size} px)"
+    changed = [
+        f"{name}={value}"
+        for name, value, was in [
+            ("steps", cfg.steps, before.steps),
+            ("schedule.steps", cfg.schedule.steps, before.schedule.steps),
+        ]
+        if value != was
+    ]
+    if new == old and changed:
+        sets = f", as schedule.steps={_counts(old)} sets them" if per_stage else ""
+        raise ResumeError(
+            f"resume={cfg.resume}: {', '.join(changed)} changes none of the run's stages{sets}: "
+            f"give {key} to run longer"
+        )
+    if new[:stage] != old[:stage]:
+        hint = f"schedule.steps={_counts(old[:stage] + new[stage:])}"
+        raise ResumeError(
+            f"{where}; {asked} changes the steps of stages it has finished "
+            f"({_counts(old[:stage])} -> {_counts(new[:stage])}): give {hint} to change only "
+            "the stages still to come"
+        )
+    if new[-1].end <= done:
+        raise ResumeError(
+            f"{where}; {asked} ends the run at step {new[-1].end}, leaving nothing to do: "
+            f"give more {key} to run longer"
+        )
+    if new[stage].end < done:
+        raise ResumeError(
+            f"{where}; {asked} ends that stage at step {new[stage].end}, before the step it "
+            f"has reached: give that stage at least {done - new[stage].first_step} steps"
+        )
+
+
+def prepare_run(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], folder_key: str = "hydra.run.dir"
+) -> tuple[DictConfig, Path]:
     """Hold the run's folder and settle what the run continues: (config, folder). Writes nothing.
+    `folder_key`: the key that picks the folder, for messages (a multirun's: hydra.sweep.dir).
 
     A new run needs a folder no other run holds or has used; a folder with an interrupted run
     (a requeued job) or `resume=` continues that run, changing only what `RESUMABLE` allows.
@@ -136,14 +210,19 @@ def prepare_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[D
     again by the job.
     """
     resume = cfg.get("resume") or (str(run_dir) if was_interrupted(run_dir) else None)
+    if resume and str(resume).startswith("wandb:"):  # downloaded into this run's folder
+        from stylelab.wandb_resume import fetch  # imports this module
+
+        RunFolder(run_dir).lock()
+        resume = fetch(cfg, str(resume), run_dir)
     if not resume:
-        folder = RunFolder(run_dir)
+        folder = RunFolder(run_dir, folder_key)
         folder.lock()
         folder.check_fresh()
         return cfg, folder.root
     cfg = resumed_config(cfg, overrides, resume)  # first: a wrong resume= creates no folder
-    RunFolder(run_dir).lock()  # a multirun job's own folder, else the same as the run's
+    RunFolder(run_dir, folder_key).lock()  # a multirun job's own folder, else the run's
     folder = RunFolder(cfg.resume)
     folder.lock()
-    check_checkpoint(folder, cfg)
+    check_steps(cfg, check_checkpoint(folder, cfg))
     return cfg, folder.root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import sys
@@ -20,13 +19,15 @@ from omegaconf.errors import MissingMandatoryValue
 
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, unlock
+from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, RunFolderError, unlock
+from stylelab.pareto import failed_return, sweep_return
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
 from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, JobSteps, drive, synthesis_steps
-from stylelab.signals import Interrupted
+from stylelab.signals import Interrupted, NotStarted
 from stylelab.slurm import submitit_requeue
+from stylelab.swept import multirun_sweep_keys, override_key, typed_value
 from stylelab.tracking import RunInfo, make_tracker
 
 log = logging.getLogger("stylelab")
@@ -36,10 +37,12 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 NAME_EXCLUDED = ("resume", "logger", "hydra", "debug")
 
 
-def run_name(overrides: list[str]) -> str:
-    """A readable name from the job's overrides, e.g. `style_weight=1e6,layers=approach2`."""
-    kept = [o for o in overrides if not o.lstrip("+~").split("=")[0].startswith(NAME_EXCLUDED)]
-    return ",".join(kept) or "defaults"
+def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
+    """A readable name from the job's overrides, e.g. `style_weight=1e6,layers=approach2`: only
+    the `swept` keys' (a multirun's) where any of them is set, else every override."""
+    kept = [o for o in overrides if not override_key(o).startswith(NAME_EXCLUDED)]
+    short = [o for o in kept if override_key(o) in (swept or ())]
+    return ",".join(short or kept) or "defaults"
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
@@ -84,12 +87,13 @@ def describe_missing(error: MissingMandatoryValue, cfg: DictConfig) -> str:
 
 @overrides_checked
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run one synthesis; returns the final total loss (the objective sweepers minimise)."""
+def main(cfg: DictConfig) -> float | list[float]:
+    """Run one synthesis; returns what `sweep_returns` names (default the final total loss, the
+    objective sweepers minimise; a list of floats for a multi-objective sweeper)."""
     return drive(job_steps(cfg))
 
 
-def job_steps(cfg: DictConfig) -> JobSteps[float]:
+def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
     """`main` in steps (see `stylelab.runner.JobSteps`), for the batching launcher: set up the
     job (inside its Hydra job context), yield its synthesis, then report and return."""
     hydra_cfg = HydraConfig.get()
@@ -98,9 +102,12 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     started = False  # run_synthesis writes the summary of a run it started
     held = [run_dir]  # the run folders this job locks (a resumed one too)
+    returns = cfg.get("sweep_returns", "final/total")
+    returns = returns if isinstance(returns, str) else list(returns)
     try:
         asked_to_resume = bool(cfg.resume)
-        cfg, run_dir = prepare_run(cfg, run_dir, overrides)
+        folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        cfg, run_dir = prepare_run(cfg, run_dir, overrides, folder_key)
         held.append(run_dir)
         if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
             log.info("%s holds an interrupted run: resuming it", run_dir)
@@ -112,10 +119,15 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
+        swept = (
+            multirun_sweep_keys(hydra_cfg.sweep.dir, hydra_cfg.sweeper.get("params"))
+            if multirun
+            else None
+        )
         info = RunInfo(
             config=resolved,
             run_dir=run_dir,
-            name=run_name(overrides),
+            name=run_name(overrides, swept),
             group=sweep_group(cfg),
             tags=[config.pair.name, config.layers.name, config.optim.name, *config.logger.tags],
             swept=swept_values(config, overrides),
@@ -123,14 +135,19 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
         started = True
         summary = yield from synthesis_steps(config, run_dir, tracker, info)
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
-        return float(summary.get("final/total", math.nan))
+        return sweep_return(summary, config.sweep_returns)
     except Interrupted as error:
-        log.error(
-            "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s", error, run_dir
-        )
+        if isinstance(error, NotStarted):
+            log.error("never started: %s; a re-run of the sweep runs it", error)
+        else:
+            log.error(
+                "%s: checkpoint saved; continue with: python -m stylelab.run resume=%s",
+                error,
+                run_dir,
+            )
         if multirun:
             if submitit_requeue(error):  # a SLURM job submitit could not requeue: report, go on
-                return math.inf
+                return failed_return(returns)
             raise
         sys.exit(error.exit_code)
     except KeyboardInterrupt:  # the stop signal repeated after the grace period, or came early
@@ -148,11 +165,12 @@ def job_steps(cfg: DictConfig) -> JobSteps[float]:
             str(error) if isinstance(error, StyleLabError) else describe_os_error(error, run_dir)
         )
         log.error("%s", message)
-        # A refused resume leaves the earlier run's summary as it was.
-        fresh = not started and not cfg.get("resume")
-        record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
+        # A refused resume, or a folder that holds another run, keeps that run's summary as it was.
+        if not isinstance(error, RunFolderError):
+            fresh = not started and not cfg.get("resume")
+            record_failure(run_dir, message, overwrite=fresh or isinstance(error, OSError))
         if multirun:
-            return math.inf
+            return failed_return(returns)
         sys.exit(EXIT_FAILED)
     finally:
         unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process
@@ -168,11 +186,13 @@ def logger_options(config: Config) -> dict[str, Any]:
         "job_type": config.logger.job_type,
         "notes": config.logger.notes,
         "init_timeout": config.logger.init_timeout,
+        "artifacts": list(config.logger.artifacts),
     }
 
 
 def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
-    """The hyperparameters a comparison table shows: the usual knobs plus every override."""
+    """The hyperparameters a comparison table shows: the usual knobs plus every override (its
+    value as Hydra reads it: numbers stay numbers)."""
     values: dict[str, Any] = {
         "pair": config.pair.name,
         "layers": config.layers.name,
@@ -188,7 +208,7 @@ def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if not key.startswith(NAME_EXCLUDED):
-            values.setdefault(key, value)
+            values.setdefault(key, typed_value(value))
     return values
 
 

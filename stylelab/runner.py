@@ -12,6 +12,7 @@ import resource
 import time
 from collections.abc import Generator
 from dataclasses import asdict
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,11 +25,13 @@ from stylelab.engine.loop import Result
 from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressBar
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
+from stylelab.evaluating import EvalRecorder, build_evaluator, evaluate_saved
 from stylelab.factory import Built, build_synthesis, vgg_key
-from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
+from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
-from stylelab.signals import Interrupted, stop_on_signals
+from stylelab.signals import Interrupted, NotStarted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,9 @@ def run_synthesis(
 
     The tracker run is always finished: exit code 0 on success, 1 on failure, 128+signal
     when interrupted. Raises `StyleLabError` for bad input, `DivergenceError` for a NaN/inf loss
-    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`).
+    and `Interrupted` after SIGINT/SIGTERM/SIGUSR2 (with a checkpoint saved in `run_dir`). A
+    launcher that stops before the synthesis runs throws it `NotStarted`: the summary of a new
+    run then says "not started" (a later run may use the folder afresh).
     """
     return drive(synthesis_steps(cfg, run_dir, tracker, info))
 
@@ -96,7 +101,12 @@ def synthesis_steps(
         raise StyleLabError(
             f"resume={cfg.resume}: no checkpoint found there; give a run folder with checkpoint.pt"
         )
-    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id")
+    # A run that never took a step (NOT_STARTED) continues its tracker run, as a resumed one does.
+    earlier = folder.read_summary() if checkpoint is None else {}
+    unused = earlier.get("tracker_run_id") if earlier.get("status") == NOT_STARTED else None
+    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id") or unused
+    run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
+    known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
         tracker.start(info)
@@ -104,9 +114,19 @@ def synthesis_steps(
         try:
             validate(cfg)
             try:
-                return (yield from _synthesize(cfg, folder, tracker, checkpoint, received))
+                return (
+                    yield from _synthesize(
+                        cfg, folder, tracker, checkpoint, received, run_id, known
+                    )
+                )
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
+        except NotStarted as error:  # never stepped: a resumed run keeps its summary
+            summary = {"status": NOT_STARTED, "error": str(error), "tracker_run_id": tracker.run_id}
+            if checkpoint is None:
+                folder.write_summary(summary)
+            tracker.finish(error.exit_code, summary)
+            raise
         except BaseException as error:
             interrupted = isinstance(error, Interrupted | KeyboardInterrupt)
             exit_code = (
@@ -116,6 +136,7 @@ def synthesis_steps(
                 "status": "interrupted" if interrupted else "failed",
                 "error": str(error) or type(error).__name__,
                 "seconds": time.perf_counter() - started,
+                **known,
             }
             if interrupted:  # a forced stop (KeyboardInterrupt: signal repeated) saves none
                 summary["checkpoint"] = (
@@ -127,7 +148,13 @@ def synthesis_steps(
 
 
 def _synthesize(
-    cfg: Config, folder: RunFolder, tracker: Tracker, checkpoint: dict | None, received: list[int]
+    cfg: Config,
+    folder: RunFolder,
+    tracker: Tracker,
+    checkpoint: dict | None,
+    received: list[int],
+    run_id: str | None,
+    known: dict[str, Any],
 ) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg)
     synthesis = built.synthesis
@@ -139,6 +166,9 @@ def _synthesize(
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip
         folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
     inputs = built.inputs()
+    files = input_files(cfg)
+    known["inputs"] = digests(files)
+    tracker.log_inputs(files)
     if checkpoint is None:
         masks = mask_sources(cfg.pair.style_masks) or []
         captions = [cfg.pair.content, *style_sources(cfg), *masks]
@@ -147,11 +177,15 @@ def _synthesize(
             tracker.log_image(key, image, caption=caption)
     recorder = RunFolderRecorder(
         folder,
-        {"tracker_run_id": tracker.run_id, "config": asdict(cfg)},
+        {"run_id": run_id, "tracker_run_id": tracker.run_id, "config": asdict(cfg)},
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
-    observers = [guard, TrackerRecorder(tracker), recorder]
+    evaluator = cache(partial(build_evaluator, cfg, built.device, built.images.sources, built.vgg))
+    every = EvalRecorder(cfg.eval.every, evaluator, folder) if cfg.eval.every else None
+    tracked = TrackerRecorder(tracker, every.pop if every else None)
+    observers = [guard, *([every] if every else []), tracked, recorder]
+    observers.append(CheckpointLogger(tracker, folder))  # after the recorder saved it
     if progress_bars:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
@@ -164,8 +198,10 @@ def _synthesize(
     if result.stopped_early:
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
                  result.stopped_early)  # fmt: skip
-    summary = summarize(result, built, cfg, folder)
+    summary = {**summarize(result, built, cfg, folder), **known}
+    summary.update(evaluate_saved(evaluator, folder.root / FINAL_IMAGE))
     folder.write_summary(summary)
+    log_result(tracker, folder, summary, cfg.keep)
     gif = folder.root / "synthesis.gif"
     tracker.finish(EXIT_OK, summary, final_image=recorder.final, gif_path=gif, inputs=inputs)
     return summary

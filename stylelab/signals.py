@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -22,6 +23,16 @@ class Interrupted(Exception):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+class NotStarted(Interrupted):
+    """A stop signal arrived after the job was set up and before its synthesis ran: it never
+    took a step (a launcher hands it this instead of starting its batch)."""
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        Exception.__init__(self, f"stopped by {name} before its first step")
+        self.signum = signum
+
+
 # SIGUSR2: the warning SLURM sends (through submitit's `--signal=USR2@<signal_delay_s>`) before
 # a job's time limit; absent on Windows.
 STOP_SIGNALS = tuple(
@@ -35,11 +46,19 @@ _first_at: list[float] = []  # when the first stop signal arrived (while any blo
 _previous: dict[int, Any] = {}  # the handlers before the first block opened
 
 
+def repeats_force_stop() -> bool:
+    """Whether a late repeat of the stop signal stops at once: only where a person may press
+    Ctrl-C again. In a submitit job (SLURM) a repeat is the scheduler's signal again, and the
+    checkpoint under way must not be cut short."""
+    return not os.environ.get("SUBMITIT_EXECUTOR")
+
+
 def _handler(signum: int, frame: Any) -> None:
     if not _first_at:
         _first_at.append(time.monotonic())
     elif (
-        _open_blocks
+        repeats_force_stop()
+        and _open_blocks
         and _open_blocks[-1]
         and signum == _open_blocks[-1][0]
         and time.monotonic() - _first_at[0] >= GRACE_S
@@ -57,7 +76,8 @@ def stop_on_signals() -> Iterator[list[int]]:
     The list yielded holds the first signal received. A repeat of that signal more than
     `GRACE_S` after it (Ctrl-C pressed again) stops at once with KeyboardInterrupt; one sooner
     (the same Ctrl-C forwarded by a wrapper or to the whole process group) and a different
-    signal (SLURM's TERM after its USR2) do not interrupt the checkpoint under way. Blocks nest
+    signal (SLURM's TERM after its USR2) do not interrupt the checkpoint under way, and in a
+    submitit job no repeat does (`repeats_force_stop`). Blocks nest
     (a sweep around its jobs) and may close in any order (the jobs of a batch): a signal reaches
     every open block, and a block opened after a signal starts with it (the job stops at its
     first step). The handlers before the first block are restored when the last one closes.

@@ -22,6 +22,8 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("STYLELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # Offline artifacts are staged here until `wandb sync`: keep them out of the home folder.
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path_factory.getbasetemp() / "wandb-data"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from hydra_plugins.stylelab_launchers.launcher_options import checked_batch_size, checked_devices
 from tests.conftest import records_of, run_cli, start_cli, wandb_records
+from tests.test_fault_runs import wait_for_rows
 
 pytestmark = pytest.mark.slow
 FAST = ["model.weights=random", "image_size=32", "steps=4", "log.image_every=2"]
@@ -71,6 +72,20 @@ def test_each_batched_job_takes_the_steps_it_takes_alone(sweeps) -> None:
         assert summary["final/total"] == pytest.approx(min(r["total"] for r in want), rel=1e-5)
 
 
+def test_each_batched_job_is_evaluated_as_alone(sweeps) -> None:
+    """The evaluation protocol reads each job's own final.png, one image at a time: a job's
+    eval/* are those of the same job run alone, bit for bit where the images are equal."""
+    sequential, batched, _ = sweeps
+    alone, together = jobs_of(sequential), jobs_of(batched)
+    for name, job in alone.items():
+        want = json.loads((job / "summary.json").read_text())
+        got = json.loads((together[name] / "summary.json").read_text())
+        assert (job / "final.png").read_bytes() == (together[name] / "final.png").read_bytes()
+        evals = [key for key in want if key.startswith("eval/")]
+        assert len(evals) == 5 and "eval/error" not in evals, want
+        assert {key: got.get(key) for key in evals} == {key: want[key] for key in evals}, name
+
+
 def test_batched_jobs_keep_their_files_and_their_own_wandb_runs(sweeps) -> None:
     _, batched, log = sweeps
     finished = [job for job in jobs_of(batched).values() if _status(job) == "finished"]
@@ -84,6 +99,20 @@ def test_batched_jobs_keep_their_files_and_their_own_wandb_runs(sweeps) -> None:
     assert len({run["run_group"] for run in runs}) == 1
     # Dealt to the two workers in turn (the refused jobs never reach a batch): two batches.
     assert "batch of 3: jobs #0, #2, #6" in log and "batch of 3: jobs #1, #3, #7" in log, log
+
+
+def test_batched_jobs_log_their_own_result_artifact(sweeps) -> None:
+    _, batched, _ = sweeps
+    finished = [job for job in jobs_of(batched).values() if _status(job) == "finished"]
+    assert len(finished) == 4
+    for job in finished:
+        records = wandb_records(job)
+        (run,) = records_of(records, "run")
+        results = [a for a in records_of(records, "artifact") if a["type"] == "result"]
+        assert [a["name"] for a in results] == [f"result-{run['run_id']}"]
+        assert {"final.png", "summary.json"} <= {
+            e["path"] for e in results[0]["manifest"]["contents"]
+        }
 
 
 def _status(job: Path) -> str:
@@ -173,3 +202,30 @@ def test_unavailable_launcher_devices_say_that_the_key_overrides_device(capsys) 
     with pytest.raises(SystemExit):
         checked_batch_size("4")
     assert checked_devices("cpu") == ["cpu"] and checked_devices(None) == []
+
+
+def test_after_a_signal_no_queued_batch_starts_and_its_jobs_never_started(tmp_path: Path) -> None:
+    """Issue 26 case 8: batches of one, queued behind a long first job; SIGTERM while it runs."""
+    sweep = ["model.weights=random", "image_size=32", "log.flush_every=1", "logger=none"]
+    sweep += ["hydra/launcher=batched", "hydra.launcher.batch_size=1", "optim.lr=0.5,1,2"]
+    sweep += ["hydra.sweep.dir=multirun/s"]
+    process = start_cli("-m", *sweep, "steps=100000", cwd=tmp_path)
+    wait_for_rows(process, "multirun/s/0/losses.jsonl", tmp_path, rows=2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM: 0 of 3 jobs finished, 1 did not, 2 never started" in stderr
+    assert "job 0: interrupted (interrupted by SIGTERM at step" in stderr
+    for num in (1, 2):
+        job = tmp_path / f"multirun/s/{num}"
+        assert f"job {num}: never started (stopped by SIGTERM before its first step)" in stderr
+        assert _status(job) == "not started"
+        assert not (job / "losses.jsonl").exists() and not (job / "checkpoint.pt").exists()
+    stopped = torch.load(tmp_path / "multirun/s/0/checkpoint.pt", weights_only=True)
+    steps = stopped["synthesis"]["step"] + 2
+    again = run_cli(*sweep, f"steps={steps}", cwd=tmp_path, multirun=True)  # resumes or starts each
+    assert again.returncode == 0, again.stderr
+    for num in (0, 1, 2):
+        job = tmp_path / f"multirun/s/{num}"
+        assert _status(job) == "finished"
+        assert [r["step"] for r in read_rows(job)] == list(range(steps))

@@ -83,6 +83,21 @@ def test_optuna_preset_composes_as_a_multirun() -> None:
     assert cfg.hydra.sweeper.direction == "minimize"
 
 
+def test_pareto_preset_minimises_content_and_style_distances() -> None:
+    cfg = compose_with("hparams_search=pareto", return_hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert list(cfg.hydra.sweeper.direction) == ["minimize", "minimize"]
+    assert list(cfg.sweep_returns) == ["eval/content", "eval/style"]
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.NSGAIISampler"
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {"style_weight", "tv_weight", "content_weight", "layers"}
+    assert params.style_weight.startswith("tag(log,")
+    assert OmegaConf.to_object(compose_with("hparams_search=pareto")).sweep_returns == [
+        "eval/content",
+        "eval/style",
+    ]
+
+
 @pytest.mark.parametrize("launcher", ["local", "slurm"])
 def test_launcher_presets_compose(launcher: str) -> None:
     cfg = compose_with(f"hydra/launcher={launcher}", return_hydra=True)

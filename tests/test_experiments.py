@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 import stylelab.run  # noqa: F401  (registers the schema)
+from stylelab.report import Job, choose_axes, plot_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
@@ -146,6 +147,24 @@ def test_make_targets_run_the_offline_study_then_its_report(study: str, tmp_path
         f"-m stylelab.report multirun/{offline}/" in report
         and f"--out reports/{offline}-" in report
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "key"), [("study-layers", "layers"), ("study-style-weight", "style_weight")]
+)
+def test_the_two_studies_colour_their_report_by_the_studied_key(
+    target: str, key: str, tmp_path: Path
+) -> None:
+    result = make_with_studies(tmp_path, "-n", target)
+    assert result.returncode == 0, result.stderr
+    report_command = result.stdout.split("; status=$?; ")[1]
+    assert f"--color-by {key} --label-by pair" in report_command
+    jobs = [
+        Job(str(i), overrides={"pair": pair, key: value})
+        for i, (pair, value) in enumerate([("a", "1"), ("a", "2"), ("b", "1"), ("b", "2")])
+    ]
+    keys = [k for k in choose_axes(jobs, None, None)[:2] if k]
+    assert plot_keys(jobs, keys) == (key, "pair")  # the same without the options
 
 
 @pytest.mark.slow

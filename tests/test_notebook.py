@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -10,6 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.eval_stub import copy_sweep
 from tests.sweep_fixture import tiny_sweep
 
 pytestmark = pytest.mark.slow
@@ -56,8 +58,26 @@ def test_the_notebook_runs_top_to_bottom_on_a_local_sweep(
     text, outputs, html = execute(tmp_path)
     assert f"{sweep}: 4 runs (4 finished); swept: style_weight, layers" in text
     pngs = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(pngs) == 2  # the loss curves and the final losses against the style weight
+    assert len(pngs) == 2  # the loss curves and the per-layer losses (no eval/*: no trade-off)
     assert html.count('<table class="grid">') == 1 and html.count("data:image/png;base64,") == 4 + 2
+    assert "No trade-off plot: no finished run recorded eval/content and eval/style" in text
+
+
+def test_the_notebook_finds_a_sweep_named_from_the_repository_root_and_draws_the_trade_off(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_sweep(sweep, tmp_path / "multirun" / "tiny")  # with eval/* (jobs 0, 1, 3 Pareto-optimal)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setenv("STYLELAB_SWEEP_DIR", "multirun/tiny")  # as the README's command names it
+    monkeypatch.setenv("STYLELAB_SOURCE", "local")
+    monkeypatch.setenv("STYLELAB_COLOR_BY", "style_weight")
+    text, outputs, _ = execute(tmp_path / "notebooks")  # where jupyter execute runs the kernel
+    assert f"{tmp_path / 'multirun' / 'tiny'}: 4 runs (4 finished)" in text
+    assert "plots: colour by style_weight, label and line style by layers" in text
+    pngs = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(pngs) == 3  # the trade-off, the loss curves, the per-layer losses
+    listed = re.findall(r"^  job (\d) ", text.split("Pareto-optimal runs:")[1], re.MULTILINE)
+    assert listed == ["0", "1", "3"]
 
 
 # A stand-in for the W&B public API that serves the tiny sweep's run folders as W&B runs.

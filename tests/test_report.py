@@ -63,7 +63,7 @@ def test_report_of_a_real_sweep_opens_in_chromium_with_every_image(
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "made" / "report.html").read_text()
     sources = re.findall(r'<img[^>]* src="([^"]*)"', page)
-    assert len(sources) == 4 + 2 + 1  # the grid, content and style, the loss curves
+    assert len(sources) == 4 + 2 + 1 + 1  # the grid, content and style, loss curves, per layer
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert (
         "style_weight \\ layers" in page
@@ -109,11 +109,10 @@ def test_a_folder_without_runs_is_one_line_and_exit_code_2(tmp_path: Path) -> No
     assert "no runs here" in result.stderr
 
 
-def test_the_parent_of_sweeps_names_the_newest_one(
-    sweep: Path, capsys: pytest.CaptureFixture
-) -> None:
-    assert report.main([str(sweep.parent)]) == 2
-    assert f"the newest multirun in it is {sweep}" in capsys.readouterr().err
+def test_the_parent_of_sweeps_reports_the_sweeps_in_it(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "parent.html"
+    assert report.main([str(sweep.parent), "--out", str(out)]) == 0
+    assert f"stylelab sweep {sweep.parent}" in out.read_text()
     assert report.latest_sweep(sweep.parent) == sweep
 
 

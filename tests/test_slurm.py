@@ -107,9 +107,12 @@ def submitit_logs(sweep_dir: Path) -> str:
     )
 
 
-def start_sweep(cwd: Path, *overrides: str) -> subprocess.Popen:
-    """`python -m stylelab.run -m` through SLURM, in the background."""
+def start_sweep(cwd: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m stylelab.run -m` through SLURM, in the background (`env`: more variables;
+    sbatch passes them on to the jobs)."""
+    more = env or {}
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    env.update(more)
     env.pop("WANDB_API_KEY", None)
     return subprocess.Popen(
         [sys.executable, "-m", "stylelab.run", "-m", *SLURM, *overrides],
@@ -161,9 +164,11 @@ def job_id(sweep_dir: Path, num: int | None = None) -> str:
     return found
 
 
-def preempt(job: str, signum: signal.Signals, sweep_dir: Path) -> None:
-    """Send `signum` to the job's step; once submitit requeued it, start it at once."""
-    subprocess.run(["scancel", f"--signal={signum.name[3:]}", job], check=True, timeout=60)
+def preempt(job: str, signum: signal.Signals, sweep_dir: Path, sent: bool = False) -> None:
+    """Send `signum` to the job's step (unless `sent`); once submitit requeued it, start it
+    at once."""
+    if not sent:
+        subprocess.run(["scancel", f"--signal={signum.name[3:]}", job], check=True, timeout=60)
     wait_for(f"job {job} to be requeued", lambda: slurm_job_state(job) == "PENDING", 60, sweep_dir)
     # A requeued job waits ~120 s (BeginTime) unless told otherwise.
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)

@@ -5,7 +5,8 @@ callbacks) and runs `stylelab.run.job_steps` up to its synthesis (`Job.request`,
 `stylelab.engine.batch.run_batch` runs the syntheses of several jobs together; `JobHalves.close`
 hands each job its outcome (it writes its results, finishes its W&B run) and returns its
 `JobReturn`. Used by `hydra/launcher=batched` and by packed SLURM tasks
-(`hydra.launcher.jobs_per_task`).
+(`hydra.launcher.jobs_per_task`). After a stop signal no batch starts: `not_started` ends each
+of its jobs without a step (summary status "not started"; a re-run starts it afresh).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from stylelab.engine.batch import BatchJob, Outcome, run_batch
 from stylelab.engine.observers import ProgressBar
+from stylelab.signals import NotStarted
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,13 @@ def run_together(batch: Sequence[Job]) -> None:
         outcomes = [error] * len(batch)
     for job, outcome in zip(batch, outcomes, strict=True):
         job.outcome = outcome
+
+
+def not_started(batch: Sequence[Job], signum: int) -> None:
+    """A stop signal came first: the batch does not run, and each job ends as never started."""
+    log.info("batch of %d: jobs %s not started", len(batch), ", ".join(f"#{j.num}" for j in batch))
+    for job in batch:
+        job.outcome = NotStarted(signum)
 
 
 def outcome_of(request: BatchJob) -> Outcome:

@@ -8,7 +8,8 @@ forward and backward per step for the whole batch, each job with its own objecti
 optimiser. Each job then writes its own results, finishes its own W&B run and returns its own
 value to the sweeper. With `devices=[cuda:0,cuda:1,...]` one worker per device takes batches
 from its queue (jobs are dealt to the devices in turn). Stop signals checkpoint every job of
-the running batches and end the sweep as the sequential launcher does.
+the running batches and end the sweep as the sequential launcher does: no further batch starts
+(queued or still filling), and its jobs are reported as never started.
 
 Unlike Hydra's launchers this one runs stylelab's job (`stylelab.run.job_steps`), not an
 arbitrary task function: batching needs the job in its two halves.
@@ -22,12 +23,18 @@ import threading
 import time
 from collections.abc import Sequence
 
-from hydra.core.utils import JobReturn, filter_overrides
-from omegaconf import open_dict
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, open_dict
 
-from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
+from hydra_plugins.stylelab_launchers.batch_jobs import (
+    Job,
+    JobHalves,
+    announce,
+    not_started,
+    run_together,
+)
 from hydra_plugins.stylelab_launchers.launcher_options import checked_batch_size, checked_devices
-from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher, job_config
+from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
 from stylelab import runner
 from stylelab.factory import sharing_vgg
 from stylelab.signals import stop_on_signals
@@ -53,6 +60,7 @@ class BatchedLauncher(SequentialLauncher):
         listed = checked_devices(devices)
         self.explicit = bool(listed)  # else only jobs with device=auto are placed
         self.devices: list[str | None] = [*listed] if listed else default_devices()
+        self.received: list[int] = []  # the stop signal, once one arrived (the workers look)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -70,6 +78,7 @@ class BatchedLauncher(SequentialLauncher):
         workers = [_Worker(device) for device in self.devices]
         runner.progress_bars = False  # one bar per batch instead of one per job
         with stop_on_signals() as received, sharing_vgg():
+            self.received = received
             try:
                 for worker in workers:
                     worker.thread = threading.Thread(
@@ -81,7 +90,11 @@ class BatchedLauncher(SequentialLauncher):
                     if received:
                         break
                     place = index % len(workers)
-                    job = self._open(num, overrides, workers[place].device)
+                    config = self.compose(num, overrides)
+                    if config is None:
+                        self.returns[num] = self.refused(jobs, num, overrides)
+                        continue
+                    job = self._open(config, workers[place].device)
                     jobs.started(num)
                     if job.request is None:
                         self._close(job)
@@ -92,7 +105,12 @@ class BatchedLauncher(SequentialLauncher):
                         self._submit(workers[place], pending.pop(key))
                     self._collect(wait=self.in_flight > 2 * len(workers))
                 for (place, _), batch in pending.items():
-                    self._submit(workers[place], batch)
+                    if received:  # nothing starts after a stop signal
+                        not_started(batch, received[0])
+                        for job in batch:
+                            self._close(job)
+                    else:
+                        self._submit(workers[place], batch)
                 while self.in_flight:
                     self._collect(wait=True)
             except KeyboardInterrupt:  # the signal repeated after the grace period
@@ -103,15 +121,12 @@ class BatchedLauncher(SequentialLauncher):
                     worker.batches.put(None)
             if received:
                 self.stop(jobs, received[0])
-        return [self.returns[num] for num, _ in numbered if num in self.returns]
+        return self.in_order(self.returns)
 
     # -- the two halves of a job, in this (the main) thread ------------------------------------
 
-    def _open(self, num: int, overrides: list[str], device: str | None) -> Job:
-        """Set the job up as Hydra's `run_job` does, then run it to its synthesis."""
-        assert self.hydra_context is not None and self.config is not None
-        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        config = job_config(self.hydra_context, self.config, overrides, num)
+    def _open(self, config: DictConfig, device: str | None) -> Job:
+        """Set the job of `config` up as Hydra's `run_job` does, then run it to its synthesis."""
         with open_dict(config):
             if device is not None and (self.explicit or config.get("device") == "auto"):
                 config.device = device
@@ -131,7 +146,10 @@ class BatchedLauncher(SequentialLauncher):
     def _work(self, worker: _Worker) -> None:
         while (batch := worker.batches.get()) is not None:
             started = time.perf_counter()
-            run_together(batch)
+            if self.received:  # a batch queued before the stop signal
+                not_started(batch, self.received[0])
+            else:
+                run_together(batch)
             self.finished.put((batch, time.perf_counter() - started))
 
     def _collect(self, wait: bool) -> None:

@@ -2,9 +2,11 @@
 
 Each job is set up as in a task of its own (its folder, `.hydra` files, log, W&B run), then the
 jobs that can share a batch (`stylelab.runner.batch_key`) run together through one VGG
-(`batch_jobs`), and each job reports its own result. On a stop signal every job checkpoints
-and the task is requeued once; the requeued task resumes each job from its own checkpoint and
-returns the results of the jobs that had already ended as they were.
+(`batch_jobs`), and each job reports its own result. On a stop signal (at any point: while the
+jobs are set up, or while a batch runs) the running batch checkpoints, no further job is set up
+and no further batch starts (its jobs end as "not started"), and the task is requeued once; the
+requeued task resumes each interrupted job from its own checkpoint, runs the jobs that had not
+started, and returns the results of the jobs that had already ended as they were.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 
-from hydra_plugins.stylelab_launchers.batch_jobs import Job, JobHalves, announce, run_together
+from hydra_plugins.stylelab_launchers.batch_jobs import (
+    Job,
+    JobHalves,
+    announce,
+    not_started,
+    run_together,
+)
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 from stylelab import runner
 from stylelab.factory import sharing_vgg
@@ -34,7 +42,7 @@ class PackedTask:
         self.launcher = launcher
         self.done: dict[int, JobReturn] = {}  # jobs that ended (a requeued task keeps them)
 
-    def __call__(self, members: Sequence[Member], singleton_state: dict) -> list[JobReturn]:
+    def __call__(self, members: Sequence[Member], singleton_state: dict) -> list[JobReturn | None]:
         import submitit
 
         Singleton.set_state(singleton_state)
@@ -51,9 +59,11 @@ class PackedTask:
         waiting: dict[int, JobReturn] = {}  # interrupted jobs, returned if not requeued
         runner.progress_bars = False  # one bar per batch
         try:
-            with stop_on_signals(), sharing_vgg(), one_requeue() as requests:
+            with stop_on_signals() as received, sharing_vgg(), one_requeue() as requests:
                 batches: dict[tuple, list[Job]] = {}
                 for overrides, num in todo:
+                    if received:  # nothing new is set up after a stop signal
+                        break
                     config = job_config(
                         launcher.hydra_context, launcher.config, overrides, num, task_id
                     )
@@ -63,22 +73,26 @@ class PackedTask:
                     else:
                         batches.setdefault(job.request.key, []).append(job)
                 for batch in batches.values():
-                    announce(batch)
-                    run_together(batch)
+                    if received:  # nor does a batch start
+                        not_started(batch, received[0])
+                    else:
+                        announce(batch)
+                        run_together(batch)
                     for job in batch:
                         self._report(halves, job, requests, waiting)
         finally:
             runner.progress_bars = True
-        if requests:  # requeues this task and exits, unless SLURM or submitit decline
-            submitit_requeue(requests[0])
-        return [self.done.get(num) or waiting[num] for _, num in members]
+        if received and len(self.done) < len(members):  # requeue, unless SLURM or submitit decline
+            submitit_requeue(requests[0] if requests else Interrupted(received[0]))
+        # None: a job never set up (the task was cancelled first)
+        return [self.done.get(num) or waiting.get(num) for _, num in members]
 
     def _report(
         self, halves: JobHalves, job: Job, requests: list[Interrupted], waiting: dict
     ) -> None:
         asked = len(requests)
         result = halves.close(job)
-        if len(requests) > asked:  # interrupted: the requeued task resumes it
+        if len(requests) > asked:  # interrupted or not started: the requeued task runs it
             waiting[job.num] = result
         else:
             self.done[job.num] = result

@@ -3,8 +3,8 @@
 The plugin's `launch()` ends with `[job.results()[0] for job in jobs]`, which raises on the first
 job that left no result (killed with `scancel --signal=KILL`, out of memory, node failure), before
 the other jobs end and before the `on_multirun_end` callbacks run. These subclasses wrap the jobs
-the executor returns: a dead job becomes a completed `JobReturn` with return value inf (what a
-failed run returns in a multirun) plus an error line naming the cluster job, its state and the
+the executor returns: a dead job becomes a completed `JobReturn` with return value inf, one per
+objective of `sweep_returns` (what a failed run returns in a multirun) plus an error line naming the cluster job, its state and the
 job folder. `jobs_per_task` packs several sweep jobs into each array task, run as one batch
 (`packed_task`). `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import shlex
 import sys
@@ -31,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
+from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, write_json
+from stylelab.pareto import failed_return, sweep_return
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -54,12 +55,13 @@ class WatchedTask:
             time.sleep(1)
         try:
             result = self.job.results()[0]
-            self._returns = list(result) if self.packed else [result]
+            returns = list(result) if self.packed else [result]
         except Exception as error:  # no result (killed) or an error outside the task function
-            self._returns = [
-                self.launcher.dead_job(self.job, overrides, num, error)
-                for overrides, num in self.members
-            ]
+            returns = [self.launcher.dead_job(self.job, o, num, error) for o, num in self.members]
+        self._returns = [  # None: a packed job the cancelled task never set up
+            given or self.launcher.never_started(self.job, overrides, num)
+            for given, (overrides, num) in zip(returns, self.members, strict=True)
+        ]
         return self._returns
 
 
@@ -119,12 +121,13 @@ class WaitForEveryJob:
 
     def dead_job(self, job: Any, overrides: list[str], num: int, error: Exception) -> JobReturn:
         """The `JobReturn` of sweep job `num` of array task `job`, which ended without a
-        result; logs why."""
+        result; logs why. A job that finished before its task died returns its final total."""
         job_dir = self.job_dir(overrides, num, job.job_id)
-        hydra_dir = job_dir / ".hydra"
-        if not hydra_dir.is_dir():  # never started: give the end-of-sweep summary a folder
-            hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+        summary = RunFolder(job_dir).read_summary()
+        if summary.get("status") == "finished":
+            log.info("job #%d had finished before its task %s ended", num, job.job_id)
+            return self.job_return(overrides, job_dir, sweep_return(summary, self.returns()))
+        self.hydra_folder(job_dir, overrides)
         where = "SLURM job" if self._EXECUTOR == "slurm" else f"{self._EXECUTOR} job"
         log.error(
             "job #%d (%s %s) died: state %s, %s; job folder %s; submitit log %s",
@@ -136,13 +139,38 @@ class WaitForEveryJob:
             job_dir,
             job.paths.stderr,
         )
+        return self.job_return(overrides, job_dir, failed_return(self.returns()))
+
+    def never_started(self, job: Any, overrides: list[str], num: int) -> JobReturn:
+        """The `JobReturn` of packed job `num`, which its task (cancelled) never set up."""
+        job_dir = self.job_dir(overrides, num, job.job_id)
+        if not (job_dir / SUMMARY_FILE).exists():
+            self.hydra_folder(job_dir, overrides)
+            error = f"its array task {job.job_id} was stopped before it was set up"
+            write_json(job_dir / SUMMARY_FILE, {"status": NOT_STARTED, "error": error})
+        return self.job_return(overrides, job_dir, failed_return(self.returns()))
+
+    @staticmethod
+    def hydra_folder(job_dir: Path, overrides: list[str]) -> None:
+        """A folder for a job that never started: the end-of-sweep summary names it."""
+        hydra_dir = job_dir / ".hydra"
+        if not hydra_dir.is_dir():
+            hydra_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+
+    def returns(self) -> Any:
+        """What the sweep's jobs return to its sweeper (`sweep_returns`)."""
+        assert self.config is not None
+        return self.config.get("sweep_returns", "final/total")
+
+    def job_return(self, overrides: list[str], job_dir: Path, value: Any) -> JobReturn:
         assert self.config is not None
         return JobReturn(
             overrides=overrides,
             working_dir=str(job_dir),
             task_name=self.config.hydra.job.name,
             status=JobStatus.COMPLETED,
-            _return_value=math.inf,
+            _return_value=value,
         )
 
     def job_dir(self, overrides: Sequence[str], num: int, job_id: str) -> Path:

@@ -14,9 +14,11 @@ from torch import nn
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W, computed in fp32."""
+    """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W, computed in fp32 (float64
+    stays float64: the evaluation protocol's)."""
     n, c, h, w = features.shape
-    flat = features.reshape(n, c, h * w).float()
+    flat = features.reshape(n, c, h * w)
+    flat = flat if flat.dtype == torch.float64 else flat.float()
     # Autocast would run bmm in bf16/fp16 whatever the input dtype: switch it off here.
     with torch.autocast(device_type=features.device.type, enabled=False):
         return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)

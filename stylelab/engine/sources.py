@@ -29,6 +29,14 @@ SKIMAGE_PHOTOS = (
     "retina",
     "cat",
 )
+# The bundled file of each photo whose file is not named after it.
+SKIMAGE_FILES = {
+    "immunohistochemistry": "ihc.png",
+    "cat": "chelsea.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "rocket": "rocket.jpg",
+    "retina": "retina.jpg",
+}
 SHA256_FRAGMENT = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
 
 
@@ -74,6 +82,22 @@ def load_skimage(name: str) -> Image.Image:
     from skimage import data
 
     return to_rgb(Image.fromarray(getattr(data, name)()))
+
+
+def source_file(source: str, cache_dir: str | Path | None = None) -> Path:
+    """The file `source` is loaded from: the path, the cached download of a URL (downloaded if
+    not cached yet) or scikit-image's bundled file of a `skimage:` photo."""
+    source = str(source).strip()
+    if source.startswith("skimage:"):
+        name = source.removeprefix("skimage:")
+        if name not in SKIMAGE_PHOTOS:
+            load_skimage(name)  # raises the one-line error
+        import skimage.data
+
+        return Path(skimage.data.__file__).parent / SKIMAGE_FILES.get(name, f"{name}.png")
+    if is_url(source):
+        return download(source, cache_dir)
+    return Path(source).expanduser()
 
 
 def sha256_of(path: Path) -> str:

@@ -61,8 +61,8 @@ def guided_gram_matrix(features: torch.Tensor, mask: torch.Tensor | None = None)
     if mask is None:
         return gram_matrix(features)
     _check_mask(features, mask)
-    mask = mask.float()
-    gram = gram_matrix(features.float() * mask)  # divided by C * H * W
+    mask = mask.to(_compute_dtype(features))
+    gram = gram_matrix(features.to(mask.dtype) * mask)  # divided by C * H * W
     energy = mask.square().flatten(1)
     return gram * _coverage_ratio(mask, energy).unsqueeze(-1)
 

@@ -1,8 +1,23 @@
 """Experiment tracking behind one small interface (`Tracker`); the engine never imports W&B."""
 
-from stylelab.tracking.base import BackgroundTracker, NullTracker, RunInfo, Tracker, TrackerError
+from stylelab.tracking.base import (
+    BackgroundTracker,
+    InputFile,
+    NullTracker,
+    RunInfo,
+    Tracker,
+    TrackerError,
+)
 
-__all__ = ["BackgroundTracker", "NullTracker", "RunInfo", "Tracker", "TrackerError", "make_tracker"]
+__all__ = [
+    "BackgroundTracker",
+    "InputFile",
+    "NullTracker",
+    "RunInfo",
+    "Tracker",
+    "TrackerError",
+    "make_tracker",
+]
 
 
 def make_tracker(name: str, **options) -> Tracker:

@@ -33,6 +33,15 @@ class RunInfo:
     swept: dict[str, Any] = field(default_factory=dict)  # the keys a sweep varies, for tables
 
 
+@dataclass(frozen=True)
+class InputFile:
+    """A file a run read its content, a style, a mask or its start image from."""
+
+    source: str  # as configured: a path, skimage:<name> or a URL
+    path: Path  # the file read (a URL's cached download)
+    sha256: str
+
+
 class Tracker:
     """Receives a run's metrics and images. Every method is optional to override.
 
@@ -53,6 +62,16 @@ class Tracker:
         self, key: str, image: np.ndarray, step: int | None = None, caption: str = ""
     ) -> None:
         """A uint8 (H, W, 3) image; `step=None` for one-off images (inputs)."""
+
+    def log_inputs(self, inputs: dict[str, InputFile]) -> None:
+        """The run's input files by role (`content`, `style`, `mask_2`, ...)."""
+
+    def log_checkpoint(self, files: list[Path], step: int) -> None:
+        """A complete checkpoint (with the files to resume from) saved at `step`; the files
+        may change once this returns."""
+
+    def log_result(self, files: list[Path], metadata: dict[str, Any], aliases: list[str]) -> None:
+        """A finished run's result files, with its final metrics as `metadata`."""
 
     def flush(self) -> None:
         """Return once everything logged so far is written; call before each checkpoint.
@@ -148,14 +167,30 @@ class BackgroundTracker(Tracker):
     ) -> None:
         self.queue.put((self.inner.log_image, (key, image, step, caption)))
 
+    def log_inputs(self, inputs: dict[str, InputFile]) -> None:
+        self.queue.put((self.inner.log_inputs, (inputs,)))
+
+    def log_result(self, files: list[Path], metadata: dict[str, Any], aliases: list[str]) -> None:
+        self.queue.put((self.inner.log_result, (files, metadata, aliases)))
+
+    def log_checkpoint(self, files: list[Path], step: int) -> None:
+        """Returns once `inner` has taken the files (they change at the next checkpoint)."""
+        if not self._call_and_wait(self.inner.log_checkpoint, files, step):
+            self.inner.log_checkpoint(files, step)
+
+    def _call_and_wait(self, method: Any, *args: Any) -> bool:
+        """Run `method` on the worker after everything queued; False if there is no worker."""
+        if self.thread is None or not self.thread.is_alive():
+            return False
+        done = threading.Event()
+        self.queue.put((method, args))
+        self.queue.put((done.set, ()))
+        done.wait()
+        return True
+
     def flush(self) -> None:
         """Wait until the worker has handed everything queued to `inner`, then flush `inner`."""
-        if self.thread is not None and self.thread.is_alive():
-            done = threading.Event()
-            self.queue.put((self.inner.flush, ()))
-            self.queue.put((done.set, ()))
-            done.wait()
-        else:
+        if not self._call_and_wait(self.inner.flush):
             try:
                 self.inner.flush()
             except TrackerError as error:

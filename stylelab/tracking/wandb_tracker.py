@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from stylelab.tracking.base import (
+    InputFile,
     RunInfo,
     Tracker,
     TrackerError,
@@ -25,6 +26,7 @@ from stylelab.tracking.base import (
     record_error,
     report_at_finish,
 )
+from stylelab.tracking.wandb_artifacts import ARTIFACT_KINDS, artifact_name, log_files, use_inputs
 from stylelab.tracking.wandb_file import RunFileReader
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ PROJECT_BAD_CHARS = "/\\#?%:"
 FILE_FLUSH_SECONDS = 0.25  # how often W&B writes its buffered records to the .wandb file
 WRITE_TIMEOUT_SECONDS = 10.0  # how long flush() waits for W&B to write before calling it lost
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_offline_lineage_noted = False  # the notice that input lineage needs online mode, once
 
 
 def has_api_key() -> bool:
@@ -159,6 +162,7 @@ class WandbTracker(Tracker):
         job_type: str = "synthesis",
         notes: str | None = None,
         init_timeout: float = 15.0,
+        artifacts: list[str] | tuple[str, ...] = ("result",),
     ):
         clear_blank_mode()
         self.mode = resolve_mode(mode)
@@ -167,6 +171,12 @@ class WandbTracker(Tracker):
             raise TrackerError(f"logger.init_timeout={init_timeout}: must be > 0 seconds")
         self.project, self.entity, self.job_type, self.notes = project, entity, job_type, notes
         self.init_timeout = float(init_timeout)
+        unknown = [kind for kind in artifacts if kind not in ARTIFACT_KINDS]
+        if unknown:
+            raise TrackerError(
+                f"logger.artifacts={list(artifacts)}: use a list of {', '.join(ARTIFACT_KINDS)}"
+            )
+        self.artifacts = set(artifacts)
         self.run: Any = None
         self.run_id: str | None = None
         self.info: RunInfo | None = None
@@ -271,6 +281,40 @@ class WandbTracker(Tracker):
         except Exception as error:  # e.g. no space left for the PNG
             self._lost(f"could not store image {key} ({str(error).splitlines()[0]})")
 
+    def log_inputs(self, inputs: dict[str, InputFile]) -> None:
+        """The digests into the run's config; with `inputs` in `artifacts`, online, the files
+        as used artifacts (W&B's lineage graph)."""
+        global _offline_lineage_noted
+        if self.run is None or self.mode == "disabled":
+            return
+        digests = {role: {"source": i.source, "sha256": i.sha256} for role, i in inputs.items()}
+        self.run.config.update({"inputs": digests}, allow_val_change=True)
+        if not self._logs("inputs") or not inputs:
+            return
+        if self.mode == "online":
+            use_inputs(self.run, inputs)
+        elif not _offline_lineage_noted:
+            _offline_lineage_noted = True
+            log.info(
+                "input lineage needs W&B online (%s now): the inputs' SHA-256 are in "
+                "summary.json and the run's config",
+                self.mode,
+            )
+
+    def _logs(self, kind: str) -> bool:
+        """Artifacts of `kind` are asked for and go somewhere (not with logger.mode=disabled)."""
+        return self.run is not None and self.mode != "disabled" and kind in self.artifacts
+
+    def log_checkpoint(self, files: list[Path], step: int) -> None:
+        if self._logs("checkpoint"):
+            name = artifact_name("checkpoint", self.run.id)
+            log_files(self.run, name, "checkpoint", files, {"step": step}, [f"step-{step}"])
+
+    def log_result(self, files: list[Path], metadata: dict[str, Any], aliases: list[str]) -> None:
+        if self._logs("result"):
+            log_files(self.run, artifact_name("result", self.run.id), "result", files, metadata,
+                      aliases)  # fmt: skip
+
     def flush(self) -> None:
         """Return once the .wandb file holds every row logged so far (SIGKILL-safe)."""
         if self.run is not None and self.last_step is not None:
@@ -337,8 +381,13 @@ class WandbTracker(Tracker):
         import wandb
 
         assert self.info is not None
-        hyper = {key: str(value) for key, value in self.info.swept.items()}
-        finals = {key: value for key, value in summary.items() if key.startswith("final/")}
+        hyper = {  # numbers stay numbers: the table sorts and plots them
+            key: value if isinstance(value, (bool, int, float)) else str(value)
+            for key, value in self.info.swept.items()
+        }
+        finals = {
+            key: value for key, value in summary.items() if key.startswith(("final/", "eval/"))
+        }
         columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
         images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])

@@ -1,0 +1,106 @@
+"""The trade-off plot: every run's `eval/content` (x) against its `eval/style` (y), coloured by
+one swept key and labelled by another, with the Pareto-optimal runs (both minimised) marked.
+The report and `notebooks/compare_runs.ipynb` draw it with `tradeoff_figure`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from stylelab.pareto import TRADE_OFF, number, pareto_optimal
+from stylelab.plotting import KeyStyle
+from stylelab.seeds import mean_spread, seed_groups, seed_swept
+
+if TYPE_CHECKING:
+    from stylelab.report import Job
+
+
+def tradeoff_point(job: Job) -> tuple[float, float]:
+    return number(job.summary.get(TRADE_OFF[0])), number(job.summary.get(TRADE_OFF[1]))
+
+
+def scored(jobs: Sequence[Job]) -> list[Job]:
+    """The finished jobs with finite `eval/content` and `eval/style`."""
+    return [
+        job
+        for job in jobs
+        if job.status == "finished" and all(math.isfinite(v) for v in tradeoff_point(job))
+    ]
+
+
+def pareto_jobs(jobs: Sequence[Job]) -> list[Job]:
+    """The Pareto-optimal runs (no other run is closer to both content and style), by content."""
+    found = scored(jobs)
+    best = [found[i] for i in pareto_optimal([tradeoff_point(job) for job in found])]
+    return sorted(best, key=tradeoff_point)
+
+
+def missing_reason(jobs: Sequence[Job]) -> str | None:
+    """Why there is no trade-off plot, or None when there is one."""
+    if scored(jobs):
+        return None
+    errors = sorted(
+        {str(job.summary["eval/error"]) for job in jobs if job.summary.get("eval/error")}
+    )
+    if errors:
+        return f"No trade-off plot: the evaluation failed ({'; '.join(errors)})."
+    return (
+        f"No trade-off plot: no finished run recorded {TRADE_OFF[0]} and {TRADE_OFF[1]} "
+        "(runs from before the evaluation protocol, or none finished)."
+    )
+
+
+def tradeoff_figure(
+    jobs: Sequence[Job],
+    color_by: str | None = None,
+    label_by: str | None = None,
+    swept: Sequence[str] = (),
+) -> Any:
+    """A matplotlib Figure (Agg, no pyplot) of the trade-off, or None when no run was evaluated.
+    With `seed` among the `swept` keys each setting also shows its mean and standard deviation
+    over seeds."""
+    from matplotlib.figure import Figure
+
+    from stylelab.report import label
+
+    found = scored(jobs)
+    if not found:
+        return None
+    style = KeyStyle(found, color_by)
+    figure = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = figure.subplots()
+    by_seed = seed_swept(found, swept)
+    for job in found:
+        x, y = tradeoff_point(job)
+        ax.scatter(x, y, color=style.color(job), s=36, alpha=0.5 if by_seed else 0.9, zorder=2)
+        if label_by and not by_seed:
+            ax.annotate(label(job.value(label_by)), (x, y), textcoords="offset points",
+                        xytext=(5, 4), fontsize="small")  # fmt: skip
+    if by_seed:
+        for group in seed_groups(found, swept).values():
+            xs, ys = zip(*(tradeoff_point(job) for job in group), strict=True)
+            (mx, sx), (my, sy) = mean_spread(xs), mean_spread(ys)
+            mean = (mx, my)
+            ax.errorbar(mx, my, xerr=sx, yerr=sy, color=style.color(group[0]),
+                        marker="D", markersize=7, capsize=3, zorder=3)  # fmt: skip
+            if label_by:
+                ax.annotate(label(group[0].value(label_by)), mean, textcoords="offset points",
+                            xytext=(6, 5), fontsize="small")  # fmt: skip
+    best = pareto_jobs(found)
+    front = [tradeoff_point(job) for job in best]
+    ax.plot(*zip(*front, strict=True), color="black", linewidth=1, drawstyle="steps-post",
+            zorder=1, label="Pareto front")  # fmt: skip
+    ax.scatter(*zip(*front, strict=True), facecolors="none", edgecolors="black", s=120,
+               linewidths=1.5, zorder=4, label=f"Pareto-optimal ({len(best)})")  # fmt: skip
+    if all(v > 0 for job in found for v in tradeoff_point(job)):
+        ax.set(xscale="log", yscale="log")
+    ax.set(
+        xlabel=f"{TRADE_OFF[0]} (distance to the content, lower is closer)",
+        ylabel=f"{TRADE_OFF[1]} (distance to the style, lower is closer)",
+        title="Trade-off: content against style" + (" (mean ± sd over seeds)" if by_seed else ""),
+    )
+    ax.grid(True, which="major", alpha=0.3)
+    handles = style.legend_handles(kind="marker") + ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize="small", loc="best")
+    return figure
