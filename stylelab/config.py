@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from omegaconf import MISSING
@@ -19,6 +20,7 @@ from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
 from stylelab.engine.losses import TV_KINDS
 from stylelab.engine.optim import LINE_SEARCHES, resolve_line_search
+from stylelab.engine.schedule import SCHEDULES, pyramid_sizes
 from stylelab.engine.statistics import STYLE_STATISTICS
 from stylelab.engine.synthesis import INITS, KEEPS
 from stylelab.errors import LayerError, StyleLabError
@@ -87,7 +89,7 @@ class ScheduleConfig:
     name: str = "single"  # single | pyramid
     min_size: int = 128  # pyramid: the first stage's long side
     factor: float = 1.4142135623730951  # pyramid: growth between stages (sqrt 2)
-    sizes: list[int] | None = None  # pyramid: explicit sizes, ending at image_size
+    sizes: Any = None  # pyramid: explicit sizes, whole numbers ending at image_size (checked)
     steps: Any = None  # pyramid: steps per stage, one number or one per stage (default: steps)
 
 
@@ -115,7 +117,9 @@ class LoggerConfig:
 
 @dataclass
 class LogConfig:
-    image_every: int = 25  # steps between intermediate frames (PNG, GIF frame, W&B image)
+    # steps between intermediate frames (PNG, GIF frame, W&B image); default (null): about 30
+    # frames per run, i.e. every step up to 30 steps, every 10th of 300
+    image_every: int | None = None
     flush_every: int = 10  # steps between reading losses back from the device
     gif_seconds_per_frame: float = 0.1
     checkpoint_every: int = (
@@ -177,6 +181,7 @@ def validate(cfg: Config) -> None:
         *_setting_checks(cfg),
         *_weight_checks(cfg),
         *_logger_checks(cfg),
+        *_schedule_checks(cfg),
         *synthesis_checks(cfg),
     ):
         if not ok:
@@ -227,7 +232,10 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
             "such as [eval/content,eval/style]"
         ),
     )
-    yield cfg.log.image_every >= 1, f"log.image_every={cfg.log.image_every}: must be >= 1"
+    yield (
+        cfg.log.image_every is None or cfg.log.image_every >= 1,
+        f"log.image_every={cfg.log.image_every}: must be >= 1 (or null: about 30 frames a run)",
+    )
     yield cfg.log.flush_every >= 1, f"log.flush_every={cfg.log.flush_every}: must be >= 1"
     yield (
         cfg.eval.every is None or cfg.eval.every >= 1,
@@ -246,6 +254,54 @@ def _weight_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         _finite_at_least(cfg.optim.lr, 0, strict=True),
         f"optim.lr={cfg.optim.lr}: must be > 0 and finite",
+    )
+
+
+def _whole(value: Any) -> bool:
+    """A whole number >= 1 (not a bool, a float or a string of digits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _schedule_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
+    """Every schedule value, each with one line naming its key."""
+    s = cfg.schedule
+    yield s.name in SCHEDULES, f"schedule={s.name}: use {' or '.join(SCHEDULES)}"
+    if s.name != "pyramid":
+        for key in ("sizes", "steps"):
+            yield (
+                getattr(s, key) is None,
+                f"schedule.{key}={getattr(s, key)!r} is only used by schedule=pyramid: add "
+                f"schedule=pyramid, or drop schedule.{key}",
+            )
+        return
+    yield _whole(s.min_size), f"schedule.min_size={s.min_size!r}: must be a whole number >= 1"
+    yield _finite_at_least(s.factor, 1, strict=True), f"schedule.factor={s.factor}: must be > 1"
+    listed = isinstance(s.sizes, list | tuple)
+    sizes = list(s.sizes) if listed else []
+    yield (
+        s.sizes is None
+        or (listed and all(_whole(n) for n in sizes) and all(a < b for a, b in pairwise(sizes))),
+        f"schedule.sizes={s.sizes!r}: must be a list of whole numbers >= 1, each larger than the "
+        "one before (e.g. schedule.sizes=[256,512])",
+    )
+    yield (
+        not sizes or sizes[-1] == cfg.image_size,
+        f"schedule.sizes={sizes}: must end at image_size={cfg.image_size}",
+    )
+    steps = s.steps
+    per_stage = isinstance(steps, list | tuple)
+    yield (
+        steps is None or _whole(steps) or (per_stage and all(_whole(n) for n in steps)),
+        f"schedule.steps={steps!r}: give a whole number >= 1, or a list of them, one per stage "
+        "(e.g. schedule.steps=[200,100])",
+    )
+    pyramid_ok = _whole(s.min_size) and _finite_at_least(s.factor, 1, strict=True)
+    if not per_stage or not (sizes or (pyramid_ok and 1 <= cfg.image_size <= MAX_IMAGE_SIZE)):
+        return  # (validate runs every check: no pyramid from a bad min_size or factor)
+    stages = len(sizes or pyramid_sizes(cfg.image_size, s.min_size, s.factor))
+    yield (
+        len(steps) == stages,
+        f"schedule.steps={list(steps)}: {len(steps)} step counts for {stages} stages: give one per stage, or one number for all",
     )
 
 
@@ -326,8 +382,8 @@ def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
             f"pair.style_blend has {len(blend or [])} weights for {len(styles)} styles: give one each",
         ),
         (
-            not blend or (all(w >= 0 for w in blend) and sum(blend) > 0),
-            f"pair.style_blend={blend}: weights must be >= 0 and not all 0",
+            not blend or (all(_finite_at_least(w, 0) for w in blend) and max(blend) > 0),
+            f"pair.style_blend={list(blend or [])}: weights must be finite, >= 0 and not all 0",
         ),
         (cfg.style_scale > 0, f"style_scale={cfg.style_scale}: must be > 0"),
         (
@@ -371,8 +427,13 @@ def perceptual_checks(cfg: Config, style_count: int) -> list[tuple[bool, str]]:
             f"style_loss={cfg.style_loss}: use one of {', '.join(STYLE_STATISTICS)}",
         ),
         (
-            masks is None or (len(masks) == style_count and None not in masks),
-            f"pair.style_masks has {len([m for m in masks or [] if m])} masks for {style_count} styles: give one each",
+            masks is None or len(masks) == style_count,
+            f"pair.style_masks has {len(masks or [])} masks for {style_count} styles: give one each",
+        ),
+        (
+            masks is None or None not in masks,
+            f"pair.style_masks={masks}: every style needs a mask (null is not one): use mask:all "
+            "for a style that applies everywhere",
         ),
         (
             source_masks is None or len(source_masks) == style_count,

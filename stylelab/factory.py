@@ -256,7 +256,7 @@ def schedule_of(cfg: Config) -> list[Stage]:
             s.name, cfg.image_size, cfg.steps, s.min_size, s.factor, s.sizes, s.steps
         )
     except ValueError as error:
-        raise StyleLabError(f"{error} (schedule=...)") from None
+        raise StyleLabError(f"{error} (schedule={s.name})") from None
 
 
 def start_image(cfg: Config, device: torch.device):

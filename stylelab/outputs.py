@@ -93,7 +93,7 @@ class RunFolder:
     """The files of one run, all under `root`."""
 
     def __init__(self, root: str | Path, folder_key: str = "hydra.run.dir"):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # resume=~/... as typed
         self.folder_key = folder_key  # the key that picks this folder, for messages
         self.frames_dir = self.root / "frames"
         self.root.mkdir(parents=True, exist_ok=True)

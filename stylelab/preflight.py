@@ -27,7 +27,9 @@ from stylelab.outputs import SUMMARY_FILE, RunFolder
 from stylelab.resources import ResourceError, check_writable
 
 QUOTING_HINT = "quote the value inside the override, e.g. 'pair.content=\"/my photos/a.jpg\"'"
-NEEDS_QUOTES = re.compile(r"[^\x21-\x7e]|[()'\"]")  # spaces, non-ASCII, parentheses, quotes
+# Spaces, non-ASCII, parentheses, quotes, and what Hydra's lexer refuses unquoted though it has
+# no meaning in a value: ~ (a home folder), # (a URL's #sha256=), = (a URL's query) and others.
+NEEDS_QUOTES = re.compile(r"[^\x21-\x7e]|[()'\"~#=!&;<>^`]")
 
 
 def print_error(message: str) -> None:
@@ -48,7 +50,10 @@ def unreadable_override(argument: str) -> str | None:
     try:
         OverridesParser.create().parse_overrides([argument])
     except OverrideParseException:
-        return f"cannot read the override {argument!r}: {QUOTING_HINT.replace('pair.content', key)}"
+        hint = QUOTING_HINT.replace("pair.content", key.lstrip("+~"))
+        if not re.search(r"['\"\[\],]", value):  # one plain value: show it quoted
+            hint += f"; here: '{key}=\"{value}\"'"
+        return f"cannot read the override {argument!r}: {hint}"
     return None
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ TABLE_CONFIG = {  # table column: dotted key in the run's config
     "weights": "model.weights",
 }
 IGNORED_KEYS = ("hydra", "logger", "resume", "debug", "experiment")  # never grid axes
-MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+MIME = {"PNG": "image/png", "GIF": "image/gif", "JPEG": "image/jpeg"}
+MAX_IMAGE_BYTES = 64 * 2**20  # larger files are not embedded (a 4096 px PNG is ~50 MB)
+MISSING_IMAGE = "final.png missing or not an image"
 
 
 class ReportError(Exception):
@@ -183,7 +186,7 @@ def load_job(folder: Path) -> Job:
     images = {
         path.stem: path
         for path in sorted(folder.glob("*.png"))
-        if path.stem == "final" or INPUT_IMAGES.match(path.stem)
+        if (path.stem == "final" or INPUT_IMAGES.match(path.stem)) and image_bytes(path)
     }
     return Job(folder.name, parse_overrides(overrides), config, summary, losses, images)
 
@@ -336,9 +339,37 @@ def choose_axes(
     return rows, cols, [key for key in varying if key not in (rows, cols)]
 
 
-def data_uri(path: Path) -> str:
-    mime = MIME.get(path.suffix.lower(), "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+def image_bytes(path: Path) -> tuple[bytes, str] | None:
+    """(content, MIME type) of `path` if it is a regular file (not a symlink, FIFO or device) of
+    at most MAX_IMAGE_BYTES that Pillow reads as a PNG, GIF or JPEG; else None. Only such files
+    are embedded, so a report never carries (or hangs on) whatever a file name points to."""
+    from PIL import Image
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+                return None
+            data = file.read(MAX_IMAGE_BYTES + 1)
+    except OSError:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            mime = MIME.get(image.format or "")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return (data, mime) if mime and len(data) <= MAX_IMAGE_BYTES else None
+
+
+def data_uri(path: Path) -> str | None:
+    """The image at `path` as a data URI, or None if it may not be embedded (`image_bytes`)."""
+    found = image_bytes(path)
+    if found is None:
+        return None
+    data, mime = found
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 def loss_figure(
@@ -427,10 +458,12 @@ def _cell(job: Job, caption_keys: list[str]) -> str:
     caption = ", ".join(f"{key}={label(job.value(key))}" for key in caption_keys)
     total = as_float(job.summary.get("final/total"))
     detail = f"job {job.name}" + (f", total {total:.4g}" if total is not None else "")
-    if "final" in job.images and job.status == "finished":
-        body = f'<img src="{data_uri(job.images["final"])}" alt="job {html.escape(job.name)}">'
+    uri = data_uri(job.images["final"]) if "final" in job.images else None
+    if uri and job.status == "finished":
+        body = f'<img src="{uri}" alt="job {html.escape(job.name)}">'
     else:
-        body = f'<div class="failed"><b>{html.escape(job.status)}</b><br>{html.escape(job.error)}</div>'
+        error = job.error or (MISSING_IMAGE if job.status == "finished" else "")
+        body = f'<div class="failed"><b>{html.escape(job.status)}</b><br>{html.escape(error)}</div>'
     text = "<br>".join(html.escape(part) for part in (caption, detail) if part)
     return f"<figure>{body}<figcaption>{text}</figcaption></figure>"
 
@@ -467,10 +500,10 @@ def inputs_html(jobs: list[Job]) -> str:
         if "content" in job.images:
             seen.setdefault(job.value("pair.name") or job.name, job)
     figures = [
-        f'<figure><img src="{data_uri(job.images[key])}" alt="{key}"><figcaption>{html.escape(pair)}: {key}</figcaption></figure>'
+        f'<figure><img src="{uri}" alt="{key}"><figcaption>{html.escape(pair)}: {key}</figcaption></figure>'
         for pair, job in seen.items()
         for key in job.images
-        if key != "final"
+        if key != "final" and (uri := data_uri(job.images[key]))
     ]
     return f'<div class="inputs">{"".join(figures)}</div>'
 

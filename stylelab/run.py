@@ -72,7 +72,9 @@ OmegaConf.register_new_resolver(
 )
 OmegaConf.register_new_resolver(
     "stylelab.if_resuming",
-    lambda resume, then, otherwise: then if holds_run(resume) else otherwise,
+    lambda resume, then, otherwise: (
+        str(Path(then).expanduser()) if holds_run(resume) else otherwise
+    ),
     replace=True,
 )
 

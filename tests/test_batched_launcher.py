@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hydra_plugins.stylelab_launchers.launcher_options import checked_batch_size, checked_devices
 from tests.conftest import records_of, run_cli, start_cli, wandb_records
 from tests.test_fault_runs import wait_for_rows
 
@@ -164,6 +165,43 @@ def test_optuna_trials_run_as_batches(tmp_path: Path) -> None:
     assert len(re.findall(r"batch of 2: jobs", result.stderr)) == 2, result.stderr
     (best,) = tmp_path.glob("multirun/*/*/optimization_results.yaml")
     assert "best_value" in best.read_text()
+
+
+def test_a_single_device_name_is_a_list_of_one(tmp_path: Path) -> None:
+    """Issue 26: `devices=cpu` once failed every job with "unknown device 'c'"."""
+    result = run_cli(
+        *FAST, "logger=none", "steps=2", "style_weight=1e3,1e6", "hydra/launcher=batched",
+        "hydra.launcher.devices=cpu", "hydra.sweep.dir=multirun/s", cwd=tmp_path, multirun=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on cpu" in result.stderr
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / "multirun/s" / job / "summary.json").read_text())
+        assert summary["status"] == "finished"
+
+
+def test_batch_size_zero_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        *FAST, "logger=none", "hydra/launcher=batched", "hydra.launcher.batch_size=0",
+        cwd=tmp_path, multirun=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "[stylelab][ERROR] - hydra.launcher.batch_size=0: use a whole number, 1 or more"
+    ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_launcher_devices_say_that_the_key_overrides_device(capsys) -> None:
+    with pytest.raises(SystemExit):
+        checked_devices(["cuda:0"])
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("[stylelab][ERROR] - hydra.launcher.devices=['cuda:0']: device 'cuda:0'")
+    assert "overrides each job's device=" in line and "use device=cpu" not in line
+    with pytest.raises(SystemExit):
+        checked_batch_size("4")
+    assert checked_devices("cpu") == ["cpu"] and checked_devices(None) == []
 
 
 def test_after_a_signal_no_queued_batch_starts_and_its_jobs_never_started(tmp_path: Path) -> None:

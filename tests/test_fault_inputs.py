@@ -12,8 +12,10 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -29,6 +31,9 @@ from PIL import Image
 from stylelab import resources
 from stylelab.config import Config, LayersConfig, PairConfig, validate
 from stylelab.engine.images import open_image, resize_long_side
+from stylelab.engine.masks import load_mask
+from stylelab.engine.objective import normalised_blend
+from stylelab.engine.sources import download
 from stylelab.errors import ImageError, StyleLabError
 from stylelab.preflight import unreadable_override
 from tests.conftest import FAST, run_cli, start_cli
@@ -491,3 +496,121 @@ def test_random_combinations_either_finish_or_fail_in_one_line(tmp_path: Path) -
             assert len(lines) == 1 and summary["status"] == "failed", context
             assert lines[0].endswith(summary["error"]), context
     assert drawn == set(VALID)
+
+
+# --- issue 26: values of the wrong type or out of range, refused up front ------------------------
+
+
+def pair_config(**changes) -> Config:
+    """A valid in-process config (two styles), with `changes` applied to its fields."""
+    layers = LayersConfig(name="x", style=[0, 5], content=[21])
+    cfg = Config(pair=PairConfig(name="p", content="c", style=["s", "t"]), layers=layers)
+    for key, value in changes.items():
+        node, _, name = key.rpartition(".")
+        setattr(getattr(cfg, node) if node else cfg, name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("blend", [[math.inf, 1.0], [math.nan, 1.0], [-1.0, 2.0], [0.0, 0.0]])
+def test_blend_weights_must_be_finite_and_positive(blend: list[float]) -> None:
+    with pytest.raises(StyleLabError, match=r"pair\.style_blend=.*finite, >= 0 and not all 0"):
+        validate(pair_config(**{"pair.style_blend": blend}))
+
+
+def test_huge_blend_weights_normalise_without_overflow() -> None:
+    assert normalised_blend([1e308, 1e308], 2) == [0.5, 0.5]
+    assert normalised_blend([3e307, 1e308], 2) == pytest.approx([3 / 13, 10 / 13])
+    with pytest.raises(ValueError, match="finite"):
+        normalised_blend([math.inf, 1.0], 2)
+
+
+PYRAMID = {"schedule.name": "pyramid", "image_size": 48}
+BAD_SCHEDULES = [
+    ({**PYRAMID, "schedule.steps": "12"}, "schedule.steps='12': give a whole number"),
+    ({**PYRAMID, "schedule.steps": "abc"}, "schedule.steps='abc': give a whole number"),
+    ({**PYRAMID, "schedule.steps": [1.5, 2]}, r"schedule.steps=\[1.5, 2\]: give a whole number"),
+    ({**PYRAMID, "schedule.steps": [True, 2]}, "schedule.steps=.*: give a whole number"),
+    ({**PYRAMID, "schedule.sizes": [32, 32, 48]}, "each larger than the one before"),
+    (
+        {**PYRAMID, "schedule.sizes": [1.5, 48]},
+        r"schedule.sizes=\[1.5, 48\]: must be a list of whole",
+    ),
+    ({**PYRAMID, "schedule.sizes": 48}, "schedule.sizes=48: must be a list of whole numbers"),
+    ({**PYRAMID, "schedule.sizes": [32, 40]}, "must end at image_size=48"),
+    ({**PYRAMID, "schedule.sizes": [32, 48], "schedule.steps": [1, 2, 3]}, "3 step counts for 2"),
+    ({**PYRAMID, "schedule.factor": math.inf}, "schedule.factor=inf: must be > 1"),
+    ({**PYRAMID, "schedule.min_size": 0}, "schedule.min_size=0: must be a whole number"),
+    ({"schedule.sizes": [32, 48]}, r"schedule.sizes=\[32, 48\] is only used by schedule=pyramid"),
+    ({"schedule.steps": 5}, "schedule.steps=5 is only used by schedule=pyramid"),
+    ({"schedule.name": "pyramidal"}, "schedule=pyramidal: use single or pyramid"),
+]
+
+
+@pytest.mark.parametrize(("changes", "pattern"), BAD_SCHEDULES, ids=lambda v: str(v)[:50])
+def test_schedule_values_are_checked_naming_the_key(changes: dict, pattern: str) -> None:
+    with pytest.raises(StyleLabError, match=pattern):
+        validate(pair_config(**changes))
+
+
+def test_good_schedules_pass() -> None:
+    validate(pair_config(**PYRAMID, **{"schedule.sizes": [32, 48], "schedule.steps": [3, 2]}))
+    validate(pair_config(**PYRAMID, **{"schedule.min_size": 16, "schedule.steps": [1, 2, 3, 4, 5]}))
+    validate(pair_config(**PYRAMID, **{"schedule.steps": 7}))
+
+
+def test_a_quoted_schedule_step_count_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    result, run_dir = run_in(tmp_path, *FAST, "steps=2", "schedule=pyramid", 'schedule.steps="12"')
+    assert_one_line(result, "schedule.steps='12': give a whole number >= 1")
+    assert not (run_dir / "losses.jsonl").exists()
+
+
+def test_a_cache_dir_that_is_a_file_says_to_set_cache_dir(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    with pytest.raises(ImageError, match=r"cannot keep downloads in .*cache/images.*set cache_dir"):
+        download("http://127.0.0.1:9/x.png", not_a_folder)
+
+
+def test_a_null_mask_is_named_as_such() -> None:
+    cfg = pair_config(**{"pair.style_masks": ["mask:left", None]})
+    with pytest.raises(StyleLabError, match=r"every style needs a mask \(null is not one\)"):
+        validate(cfg)
+    with pytest.raises(StyleLabError, match="has 1 masks for 2 styles"):
+        validate(pair_config(**{"pair.style_masks": ["mask:left"]}))
+
+
+def test_transparent_mask_pixels_do_not_apply_the_style(tmp_path: Path) -> None:
+    """An RGBA mask: white everywhere, opaque only on the right half; the left is 'no style'."""
+    rgba = np.full((8, 8, 4), 255, dtype=np.uint8)
+    rgba[:, :4, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "mask.png")
+    mask = load_mask(str(tmp_path / "mask.png"), (8, 8))
+    assert mask[..., :4].max() == 0 and mask[..., 4:].min() == 1
+    assert open_image(tmp_path / "mask.png").getpixel((0, 0)) == (255, 255, 255)  # images: white
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["pair.content=~/photos/a.jpg", "pair.style=https://x.org/a.jpg#sha256=ab12", "resume=~/run"],
+)
+def test_values_hydras_lexer_refuses_get_a_quoting_hint(argument: str) -> None:
+    key, _, value = argument.partition("=")
+    message = unreadable_override(argument)
+    assert message is not None and f"here: '{key}=\"{value}\"'" in message, message
+    assert unreadable_override(f"{key}='{value}'") is None
+
+
+def test_a_home_folder_path_works_in_path_keys_and_resume(tmp_path: Path) -> None:
+    """Issue 26: `~` (quoted for Hydra, as the hint says) in pair.content and in resume=."""
+    home = tmp_path / "home"
+    home.mkdir()
+    png(home / "photo.png")
+    env = {"HOME": str(home)}
+    first, _ = run_in(tmp_path, *FAST, "steps=2", 'pair.content="~/photo.png"', env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.move(tmp_path / "run", home / "run")
+    again = run_cli(*FAST, "steps=3", 'resume="~/run"', cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = (home / "run" / "losses.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in rows] == [0, 1, 2]
+    assert not (tmp_path / "~").exists() and not (tmp_path / "outputs").exists()

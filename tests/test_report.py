@@ -146,6 +146,38 @@ def test_failed_and_killed_jobs_show_their_status_and_error(sweep: Path, tmp_pat
     assert "layers \\ style_weight" in page
 
 
+def test_only_regular_image_files_in_the_run_folder_are_embedded(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """Issue 26: a symlink (to a secret, or even to an image elsewhere), a FIFO, a file that is
+    not an image and one over the size bound are all shown as missing, and the report ends."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("checkpoint.pt", "frames"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-TOKEN")
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(copy / "0" / "final.png", outside)
+    for job_dir, target in (("0", secret), ("1", outside)):
+        (copy / job_dir / "final.png").unlink()
+        (copy / job_dir / "final.png").symlink_to(target)
+    (copy / "2" / "final.png").unlink()
+    os.mkfifo(copy / "2" / "final.png")
+    (copy / "3" / "content.png").write_bytes(b"TOP-SECRET-TOKEN" * 10)
+    result = run_report(str(copy))
+    assert result.returncode == 0, result.stderr
+    page = (copy / "report.html").read_text()
+    assert page.count(report.MISSING_IMAGE) == 3  # jobs 0 to 2; job 3 keeps its final image
+    assert "TOP-SECRET-TOKEN" not in page and "VE9QLVNFQ1JFVC1UT0tFTi" not in page  # nor base64
+    assert page.count('<img src="data:image/png') == 1 + 2  # job 3's final, content and style
+    assert set(report.load_job(copy / "3").images) == {"final", "style"}
+
+
+def test_images_over_the_size_bound_are_not_embedded(sweep: Path, monkeypatch) -> None:
+    final = sweep / "0" / "final.png"
+    monkeypatch.setattr(report, "MAX_IMAGE_BYTES", final.stat().st_size - 1)
+    assert report.image_bytes(final) is None and report.data_uri(final) is None
+
+
 def job(name: str, **overrides: str) -> report.Job:
     return report.Job(name, overrides=dict(overrides))
 

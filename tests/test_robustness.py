@@ -18,6 +18,7 @@ from PIL import Image
 
 from stylelab import runner
 from stylelab.config import Config, LayersConfig, PairConfig
+from stylelab.engine.loop import LoopSettings, frame_interval
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError, StyleLabError
 from stylelab.tracking import NullTracker, RunInfo
@@ -286,3 +287,16 @@ def test_debug_switch_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_root_is_the_repository() -> None:
     assert (ROOT / "conf" / "config.yaml").is_file()
+
+
+def test_short_runs_get_a_frame_per_step_by_default(tmp_path: Path) -> None:
+    """Issue 26: log.image_every defaults to about 30 frames per run (it was 25 steps, so the
+    README's 20-step runs had a GIF of 2 frames); an explicit value still wins."""
+    assert [frame_interval(n) for n in (1, 20, 30, 31, 300, 1000)] == [1, 1, 1, 2, 10, 34]
+    run_dir = tmp_path / "run"
+    result = run_cli(*FAST, "steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((run_dir / "frames").glob("step_*.png"))) == 20
+    with Image.open(run_dir / "synthesis.gif") as gif:
+        assert gif.n_frames > 2  # (Pillow merges identical frames)
+    assert Config().log.image_every is None and LoopSettings().image_every is None

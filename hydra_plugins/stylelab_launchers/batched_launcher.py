@@ -33,6 +33,7 @@ from hydra_plugins.stylelab_launchers.batch_jobs import (
     not_started,
     run_together,
 )
+from hydra_plugins.stylelab_launchers.launcher_options import checked_batch_size, checked_devices
 from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
 from stylelab import runner
 from stylelab.factory import sharing_vgg
@@ -53,13 +54,12 @@ class _Worker:
 class BatchedLauncher(SequentialLauncher):
     """Runs compatible jobs as batches of up to `batch_size` images, on `devices` in parallel."""
 
-    def __init__(self, batch_size: int = 16, devices: Sequence[str] | None = None) -> None:
+    def __init__(self, batch_size: int = 16, devices: Sequence[str] | str | None = None) -> None:
         super().__init__()
-        if int(batch_size) < 1:
-            raise ValueError(f"hydra.launcher.batch_size={batch_size}: use 1 or more")
-        self.batch_size = int(batch_size)
-        self.explicit = bool(devices)  # else only jobs with device=auto are placed
-        self.devices: list[str | None] = [str(d) for d in devices] if devices else default_devices()
+        self.batch_size = checked_batch_size(batch_size)
+        listed = checked_devices(devices)
+        self.explicit = bool(listed)  # else only jobs with device=auto are placed
+        self.devices: list[str | None] = [*listed] if listed else default_devices()
         self.received: list[int] = []  # the stop signal, once one arrived (the workers look)
 
     def launch(

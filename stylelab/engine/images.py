@@ -26,10 +26,11 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's default refusal threshold: ~13400 x
 UPSCALE_WARNING = 4.0  # warn when an input is enlarged more than this
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, background: int = 255) -> Image.Image:
     """Convert any PIL mode (palette, grayscale, alpha, CMYK, 16-bit, float) to 8-bit RGB.
 
-    Transparent pixels are composited onto white; EXIF orientation is applied.
+    Transparent pixels are composited onto grey level `background` (white); EXIF orientation
+    is applied.
     """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -44,8 +45,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("LA", "La", "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "RGBa"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
+        under = Image.new("RGBA", image.size, (background, background, background, 255))
+        image = Image.alpha_composite(under, image.convert("RGBA"))
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image
@@ -77,8 +78,11 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and decode an image file as 8-bit RGB, with errors a user can act on.
+def open_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255
+) -> Image.Image:
+    """Open and decode an image file as 8-bit RGB (transparency onto grey level `background`),
+    with errors a user can act on.
 
     An image whose header declares more than `max_pixels` pixels is refused before decoding.
     """
@@ -88,7 +92,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         with Image.open(path) as image:
             _check_pixels(path, image.size, max_pixels)
             image.load()
-            return to_rgb(image)
+            return to_rgb(image, background)
     except UnidentifiedImageError:
         raise ImageError(
             f"{path} is not an image Pillow can read: use a PNG, JPEG, TIFF, WebP or similar"

@@ -61,9 +61,18 @@ class OptimSettings:
     batch_invariant: bool = False  # convolutions that round alike in any batch (CPU, slower)
 
 
+FRAMES_PER_RUN = 30  # frames a run shows when `image_every` is not given
+
+
+def frame_interval(total_steps: int) -> int:
+    """Steps between frames by default: about FRAMES_PER_RUN frames (every step of a run of
+    that many steps or fewer; every 10th of 300 steps)."""
+    return max(1, math.ceil(total_steps / FRAMES_PER_RUN))
+
+
 @dataclass
 class LoopSettings:
-    image_every: int = 25  # steps between frames
+    image_every: int | None = None  # steps between frames (None: `frame_interval` of the run)
     flush_every: int = 10  # steps between reading losses back from the device
     checkpoint_every: int = 0  # steps between checkpoints (0: only when stopped)
 
@@ -284,8 +293,8 @@ class _Run:
 
     def before_step(self) -> None:
         """A frame, every `image_every` steps."""
-        step = self.synth.step_count
-        if step % self.synthesis.loop.image_every == 0:
+        step, synthesis = self.synth.step_count, self.synthesis
+        if step % (synthesis.loop.image_every or frame_interval(synthesis.total_steps)) == 0:
             frame = self.synthesis.presented(self.synth.display_image)
             self.notify("on_frame", step, tensor_to_uint8(frame))
 

@@ -65,13 +65,14 @@ def load_mask(
 ) -> torch.Tensor:
     """A mask (1, 1, H, W) in [0, 1] at `size_hw` from an image source or `mask:<name>`.
 
-    Images are converted to luminance (white = 1) and resized bilinearly; call once per stage
+    Images are converted to luminance (white = 1; transparent pixels count as black, so an
+    RGBA mask's alpha limits it) and resized bilinearly; call once per stage
     with that stage's size of the image the mask belongs to (content or style).
     """
     source = str(source).strip()
     if source.startswith(MASK_PREFIX):
         return generated_mask(source.removeprefix(MASK_PREFIX), size_hw)
-    image = load_source(source, cache_dir).convert("L")
+    image = load_source(source, cache_dir, background=0).convert("L")
     check_aspect_ratio(source, image.size, size_hw)
     height, width = size_hw
     if image.size != (width, height):

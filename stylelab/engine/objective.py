@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from stylelab.engine.features import VGGFeatures
-from stylelab.engine.statistics import StyleStatistic
+from stylelab.engine.statistics import StyleStatistic, normalise_weights
 from stylelab.engine.terms import ContentTerm, StyleTerm, Targets, Term, TVTerm
 
 
@@ -86,10 +86,7 @@ def normalised_blend(blend: Sequence[float] | None, count: int) -> list[float]:
         return [1.0 / count] * count if count > 1 else [1.0]
     if len(blend) != count:
         raise ValueError(f"{len(blend)} blend weights given for {count} style images")
-    if any(not w >= 0 for w in blend) or sum(blend) <= 0:
-        raise ValueError(f"blend weights {list(blend)} must be >= 0 with a positive sum")
-    total = float(sum(blend))
-    return [float(w) / total for w in blend]
+    return normalise_weights(blend)
 
 
 def layer_weights(weights: Sequence[float] | None, layers: Sequence[int], kind: str) -> list[float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
+from numbers import Integral
 
 SCHEDULES = ("single", "pyramid")
 
@@ -40,16 +42,16 @@ def pyramid_sizes(final_size: int, min_size: int = 128, factor: float = math.sqr
 
 def make_stages(sizes: Sequence[int], steps: int | Sequence[int]) -> list[Stage]:
     """Stages of the given sizes; `steps` is one number for all, or one per stage."""
-    counts = [int(steps)] * len(sizes) if isinstance(steps, int) else [int(s) for s in steps]
+    counts = [steps] * len(sizes) if isinstance(steps, Integral) else list(steps)
     if len(counts) != len(sizes):
         raise ValueError(f"{len(counts)} step counts given for {len(sizes)} stages {list(sizes)}")
-    if any(size < 1 for size in sizes) or list(sizes) != sorted(sizes):
+    if any(size < 1 for size in sizes) or any(a >= b for a, b in pairwise(sizes)):
         raise ValueError(f"stage sizes {list(sizes)} must be positive and increasing")
-    if any(count < 1 for count in counts):
-        raise ValueError(f"steps per stage {counts} must each be at least 1")
+    if any(isinstance(n, bool) or not isinstance(n, Integral) or n < 1 for n in counts):
+        raise ValueError(f"steps per stage {counts} must each be a whole number >= 1")
     stages, first = [], 0
     for size, count in zip(sizes, counts, strict=True):
-        stages.append(Stage(int(size), count, first))
+        stages.append(Stage(int(size), int(count), first))
         first += count
     return stages
 

@@ -53,9 +53,13 @@ def is_url(source: str) -> bool:
 
 
 def load_source(
-    source: str, cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str,
+    cache_dir: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: int = 255,
 ) -> Image.Image:
-    """Load `source` (a path, `skimage:<name>` or `URL[#sha256=<hex>]`) as an 8-bit RGB image.
+    """Load `source` (a path, `skimage:<name>` or `URL[#sha256=<hex>]`) as an 8-bit RGB image,
+    transparent pixels composited onto grey level `background` (white; masks use black).
 
     Files declaring more than `max_pixels` pixels are refused before decoding.
     """
@@ -65,8 +69,8 @@ def load_source(
     if source.startswith("skimage:"):
         return load_skimage(source.removeprefix("skimage:"))
     if is_url(source):
-        return open_image(download(source, cache_dir), max_pixels)
-    return open_image(Path(source).expanduser(), max_pixels)
+        return open_image(download(source, cache_dir), max_pixels, background)
+    return open_image(Path(source).expanduser(), max_pixels, background)
 
 
 def load_skimage(name: str) -> Image.Image:
@@ -121,9 +125,15 @@ def download(source: str, cache_dir: str | Path | None = None, timeout: float = 
     folder = cache / "images"
     name = Path(urllib.request.url2pathname(url.split("?")[0].rstrip("/"))).name or "image"
     target = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
-    if target.exists() and (expected is None or sha256_of(target) == expected):
+    if target.is_file() and (expected is None or sha256_of(target) == expected):
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImageError(
+            f"cannot keep downloads in {folder} ({error.strerror or error}): set cache_dir "
+            "(or STYLELAB_CACHE) to a folder you can write"
+        ) from None
     handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=".download-")
     tmp = Path(tmp_name)
     try:

@@ -17,6 +17,7 @@ both covariances and a Newton-Schulz matrix square root.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -148,12 +149,23 @@ def blend_moments(moments: Sequence[FeatureMoments], weights: Sequence[float]) -
     distributions (weights normalised to sum to 1), i.e. weighted means of means and of raw
     second moments; the Gaussian fitted to it has the mixture's mean and covariance."""
     _check_blend(moments, weights)
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"style blend weights {list(weights)} must have a positive sum")
-    mean = sum(w / total * m.mean for m, w in zip(moments, weights, strict=True))
-    second = sum(w / total * m.second_moment for m, w in zip(moments, weights, strict=True))
+    shares = normalise_weights(weights)
+    mean = sum(w * m.mean for m, w in zip(moments, shares, strict=True))
+    second = sum(w * m.second_moment for m, w in zip(moments, shares, strict=True))
     return FeatureMoments(mean, second)
+
+
+def normalise_weights(weights: Sequence[float]) -> list[float]:
+    """`weights` scaled to sum to 1, without overflow (divided by the largest first: 1e308 each
+    gives equal shares, not inf / inf); they must be finite, >= 0 and not all 0."""
+    if not weights or any(not (math.isfinite(w) and w >= 0) for w in weights) or max(weights) <= 0:
+        raise ValueError(
+            f"blend weights {list(weights)} must be finite and >= 0 with a positive sum"
+        )
+    top = float(max(weights))
+    scaled = [float(w) / top for w in weights]
+    total = sum(scaled)
+    return [w / total for w in scaled]
 
 
 def _check_blend(targets: Sequence[object], weights: Sequence[float]) -> None:
