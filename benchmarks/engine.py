@@ -8,6 +8,7 @@ not depend on weight values), starting from the content image.
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import resource
 import time
@@ -56,6 +57,14 @@ def environment(device: str) -> dict[str, Any]:
     else:
         env.update(cpu=cpu_name(), threads=torch.get_num_threads())
     return env
+
+
+def print_result(result: dict[str, Any], out: Path | None = None, indent: int = 1) -> None:
+    """Print a benchmark's result as JSON on stdout, and write it to `out` when given."""
+    text = json.dumps(result, indent=indent)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
 
 
 def square_images(size: int) -> tuple[np.ndarray, np.ndarray]:

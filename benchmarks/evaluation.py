@@ -15,7 +15,6 @@ Prints one JSON object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.engine import environment, square_images  # noqa: E402
+from benchmarks.engine import environment, print_result, square_images  # noqa: E402
 from stylelab import runner  # noqa: E402
 from stylelab.config import Config, LayersConfig, LoggerConfig, ModelConfig, PairConfig  # noqa: E402
 from stylelab.evaluating import build_evaluator, evaluate_file  # noqa: E402
@@ -103,10 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "env": environment(args.device),
         **measure(args.device, args.size, args.steps, args.run_steps, args.repeats),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_result(result, args.out, indent=2)
     return result
 
 

@@ -12,7 +12,6 @@ best total each reaches in equal time. Totals compare at the final size only. Pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarks.engine import print_result  # noqa: E402
 from stylelab.config import Config  # noqa: E402
 from stylelab.engine.loop import Observer, Row, Synthesis  # noqa: E402
 from stylelab.engine.schedule import pyramid_sizes  # noqa: E402
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     result = measure(args)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_result(result, args.out, indent=1)
     return result
 
 

@@ -1,5 +1,7 @@
 """The trade-off plot: every run's `eval/content` (x) against its `eval/style` (y), coloured by
-one swept key and labelled by another, with the Pareto-optimal runs (both minimised) marked.
+one swept key and labelled by another, with the Pareto-optimal runs (both minimised) marked:
+one front per evaluation problem (the same content and style inputs at one evaluation size),
+since the distances of different pairs are not on one scale.
 The report and `notebooks/compare_runs.ipynb` draw it with `tradeoff_figure`."""
 
 from __future__ import annotations
@@ -29,11 +31,29 @@ def scored(jobs: Sequence[Job]) -> list[Job]:
     ]
 
 
+# What puts two runs' eval/* on one scale: the same inputs, blend, masks and evaluation size.
+PROBLEM_KEYS = (
+    "pair.content", "pair.style", "pair.style_blend", "pair.style_masks",
+    "pair.style_source_masks", "image_size",
+)  # fmt: skip
+
+
+def problem_of(job: Job) -> tuple[str | None, ...]:
+    """The evaluation problem a run was measured on: runs of different problems do not compete."""
+    return tuple(job.value(key) for key in PROBLEM_KEYS)
+
+
 def pareto_jobs(jobs: Sequence[Job]) -> list[Job]:
-    """The Pareto-optimal runs (no other run is closer to both content and style), by content."""
-    found = scored(jobs)
-    best = [found[i] for i in pareto_optimal([tradeoff_point(job) for job in found])]
-    return sorted(best, key=tradeoff_point)
+    """The Pareto-optimal runs (no run of the same inputs and evaluation size is closer to both
+    content and style), each problem's front by content."""
+    problems: dict[tuple[str | None, ...], list[Job]] = {}
+    for job in scored(jobs):
+        problems.setdefault(problem_of(job), []).append(job)
+    best = []
+    for found in problems.values():
+        front = [found[i] for i in pareto_optimal([tradeoff_point(job) for job in found])]
+        best += sorted(front, key=tradeoff_point)
+    return best
 
 
 def missing_reason(jobs: Sequence[Job]) -> str | None:
@@ -88,10 +108,15 @@ def tradeoff_figure(
                 ax.annotate(label(group[0].value(label_by)), mean, textcoords="offset points",
                             xytext=(6, 5), fontsize="small")  # fmt: skip
     best = pareto_jobs(found)
-    front = [tradeoff_point(job) for job in best]
-    ax.plot(*zip(*front, strict=True), color="black", linewidth=1, drawstyle="steps-post",
-            zorder=1, label="Pareto front")  # fmt: skip
-    ax.scatter(*zip(*front, strict=True), facecolors="none", edgecolors="black", s=120,
+    fronts: dict[tuple[str | None, ...], list[tuple[float, float]]] = {}
+    for job in best:  # one front per problem (content/style inputs, evaluation size)
+        fronts.setdefault(problem_of(job), []).append(tradeoff_point(job))
+    for n, front in enumerate(fronts.values()):
+        ax.plot(*zip(*front, strict=True), color="black", linewidth=1, drawstyle="steps-post",
+                zorder=1, label="Pareto front" + (" (one per pair)" if len(fronts) > 1 else "")
+                if n == 0 else None)  # fmt: skip
+    points = [tradeoff_point(job) for job in best]
+    ax.scatter(*zip(*points, strict=True), facecolors="none", edgecolors="black", s=120,
                linewidths=1.5, zorder=4, label=f"Pareto-optimal ({len(best)})")  # fmt: skip
     if all(v > 0 for job in found for v in tradeoff_point(job)):
         ax.set(xscale="log", yscale="log")

@@ -53,10 +53,11 @@ def execute(cwd: Path) -> tuple[str, list[dict], str]:
 def test_the_notebook_runs_top_to_bottom_on_a_local_sweep(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STYLELAB_SWEEP_DIR", str(sweep))
+    old = copy_sweep(sweep, tmp_path / "old", points=None)  # from before the evaluation protocol
+    monkeypatch.setenv("STYLELAB_SWEEP_DIR", str(old))
     monkeypatch.setenv("STYLELAB_SOURCE", "local")
     text, outputs, html = execute(tmp_path)
-    assert f"{sweep}: 4 runs (4 finished); swept: style_weight, layers" in text
+    assert f"{old}: 4 runs (4 finished); swept: style_weight, layers" in text
     pngs = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(pngs) == 2  # the loss curves and the per-layer losses (no eval/*: no trade-off)
     assert html.count('<table class="grid">') == 1 and html.count("data:image/png;base64,") == 4 + 2

@@ -165,3 +165,23 @@ def test_the_page_template_escapes_what_runs_recorded() -> None:
     page = report.render(jobs, "<b>title</b>")
     assert "<b>title</b>" not in page and "&lt;b&gt;title&lt;/b&gt;" in page
     assert "<script>x</script>" not in page
+
+
+def test_each_pair_has_its_own_pareto_front() -> None:
+    """Distances to different inputs are not on one scale: a run of one pair never dominates a
+    run of another, and the plot draws one front per pair."""
+
+    def job(name: str, content: str, point: tuple[float, float]) -> report.Job:
+        config = {"pair": {"content": content, "style": "skimage:hubble_deep_field"}}
+        summary = {"status": "finished", "eval/content": point[0], "eval/style": point[1]}
+        return report.Job(name, config=config, summary=summary)
+
+    jobs = [
+        job("0", "skimage:astronaut", (1.0, 1.0)),  # dominates job 1, and would dominate 2 and 3
+        job("1", "skimage:astronaut", (2.0, 2.0)),
+        job("2", "skimage:coffee", (3.0, 5.0)),
+        job("3", "skimage:coffee", (5.0, 3.0)),
+    ]
+    assert [j.name for j in pareto_jobs(jobs)] == ["0", "2", "3"]
+    fronts = tradeoff_figure(jobs).axes[0].lines  # the step lines of the Pareto fronts
+    assert sorted(len(line.get_xdata()) for line in fronts) == [1, 2]

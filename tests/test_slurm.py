@@ -379,7 +379,8 @@ def test_cancelled_and_killed_jobs_are_named_and_the_sweep_ends(
     assert "multirun finished: 1 of 3 jobs succeeded" in stderr
     assert "REQUEUED" not in accounting(job_id(sweep_dir, 1)), "a cancelled job was requeued"
     assert re.search(
-        r"job 1: interrupted \(interrupted by SIGTERM at step \d+\); continue with", stderr
+        r"job 1: interrupted \(interrupted by SIGTERM at step \d+\)( \[[^]]*\])?; continue with",
+        stderr,
     ), stderr
     assert json.loads((sweep_dir / "1" / "summary.json").read_text())["status"] == "interrupted"
     died = re.search(rf"job #2 \(SLURM job {job_id(sweep_dir, 2)}\) died: state (\w+)", stderr)
