@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from stylelab.config import Config, PairConfig
 from stylelab.engine.device import resolve_device
-from stylelab.errors import StyleLabError
+from stylelab.errors import StyleLabError, first_line
 from stylelab.evaluating import Metrics, build_evaluator, evaluate_file, read_image
 from stylelab.outputs import CONFIG_FILE, FINAL_IMAGE
 
@@ -48,8 +48,9 @@ def run_config(run_dir: Path) -> Config:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (OmegaConfBaseException, ValueError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StyleLabError(f"cannot read {path} ({first}): give a stylelab run folder") from None
+        raise StyleLabError(
+            f"cannot read {path} ({first_line(error)}): give a stylelab run folder"
+        ) from None
 
 
 def evaluate(args: argparse.Namespace) -> Metrics:

@@ -16,6 +16,7 @@ from stylelab.engine.evaluation import EVAL_PROTOCOL, Evaluator
 from stylelab.engine.images import open_image, pil_to_tensor, resize_long_side, tensor_to_uint8
 from stylelab.engine.loop import Observer, Row, Synthesis
 from stylelab.engine.schedule import Stage
+from stylelab.errors import first_line
 from stylelab.factory import SourceImages, StageMasks, load_vgg
 from stylelab.outputs import RunFolder
 
@@ -52,11 +53,6 @@ def as_saved(image: torch.Tensor) -> torch.Tensor:
     return pil_to_tensor(Image.fromarray(tensor_to_uint8(image)))
 
 
-def one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def evaluate_file(evaluator: Evaluator, path: str | Path) -> Metrics:
     """`eval/*` and `eval/protocol` of the image file at `path`."""
     return {**evaluator(read_image(path)), "eval/protocol": EVAL_PROTOCOL}
@@ -68,7 +64,7 @@ def evaluate_saved(evaluator: Callable[[], Evaluator], path: Path) -> Metrics:
     try:
         return evaluate_file(evaluator(), path)
     except Exception as error:  # any failure: the run itself succeeded
-        message = one_line(error)
+        message = first_line(error)
         log.warning("evaluation failed: %s", message)
         return {"eval/protocol": EVAL_PROTOCOL, "eval/error": message}
 
@@ -99,7 +95,7 @@ class EvalRecorder(Observer):
         except Exception as error:
             self.failed = True
             log.warning(
-                "eval.every: evaluation failed, no more during this run: %s", one_line(error)
+                "eval.every: evaluation failed, no more during this run: %s", first_line(error)
             )
             return
         self.folder.append_eval([{"step": last, **metrics}])

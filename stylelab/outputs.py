@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from stylelab.engine.images import save_png, write_gif
-from stylelab.errors import StyleLabError
+from stylelab.errors import StyleLabError, first_line
 
 try:
     import fcntl
@@ -215,7 +215,7 @@ class RunFolder:
             detail = error.strerror if isinstance(error, OSError) else None  # mmap: truncated
             raise CheckpointError(
                 f"{self.checkpoint_path} is empty, truncated or corrupt "
-                f"({detail or _first_line(error)}): restore it from a backup, or start a new run"
+                f"({detail or first_line(error)}): restore it from a backup, or start a new run"
             ) from None
         if not isinstance(state, dict) or not isinstance(state.get("synthesis"), dict):
             raise CheckpointError(
@@ -308,15 +308,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def _unreadable(path: Path, error: pickle.UnpicklingError) -> str:
     if "weights only load failed" in str(error).lower():
         return (
             f"{path} holds objects other than tensors and plain data: not loaded, as that could "
             "run code; use a checkpoint stylelab wrote, or start a new run"
         )
-    return f"{path} is corrupt ({_first_line(error)}): restore it from a backup, or start a new run"
+    return f"{path} is corrupt ({first_line(error)}): restore it from a backup, or start a new run"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stylelab.errors import first_line
+
 log = logging.getLogger(__name__)
 
 WARMUP = 3  # eager calls before the capture
@@ -134,7 +136,7 @@ class GraphedStep:
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as error:
-            self.error = (str(error).splitlines() or [type(error).__name__])[0]
+            self.error = first_line(error)
             log.warning("CUDA graph capture failed (%s); running eagerly", self.error)
             self.failed = True
             return self._eager()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stylelab.errors import LayerError, WeightsError
+from stylelab.errors import LayerError, WeightsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequenti
             # urllib's URLError is an OSError; a corrupt cache file raises RuntimeError,
             # UnpicklingError or EOFError depending on how it is broken.
             raise WeightsError(
-                f"could not load ImageNet VGG-19 weights ({type(error).__name__}: {_first_line(error)}); "
+                f"could not load ImageNet VGG-19 weights ({type(error).__name__}: {first_line(error)}); "
                 f"expected {hub_checkpoint_path().name} at {hub_checkpoint_path()} "
                 "(set TORCH_HOME or download it there), or use model.weights=<path to a state dict> "
                 "or model.weights=random for an offline smoke run"
@@ -145,7 +144,7 @@ def _load_state_dict_file(path: Path) -> nn.Sequential:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files
         raise WeightsError(
-            f"could not read weights file {path} ({type(error).__name__}: {_first_line(error)}): "
+            f"could not read weights file {path} ({type(error).__name__}: {first_line(error)}): "
             "give a VGG-19 state dict saved with torch.save"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -179,20 +178,13 @@ def _load_state_dict_file(path: Path) -> nn.Sequential:
             features.load_state_dict(feature_state, strict=True)
         except (RuntimeError, TypeError, ValueError, AttributeError) as error:  # bad shapes
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            detail = lines[1] if len(lines) > 1 else _first_line(error)
+            detail = lines[1] if len(lines) > 1 else first_line(error)
     if detail:
         raise WeightsError(
             f"{path} is not a VGG-19 state dict ({detail}): give a VGG-19 state dict "
             "(keys like features.0.weight or 0.weight)"
         )
     return features
-
-
-def _first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (messages must stay one line)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch.load's messages carry ANSI bold
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 class VGGFeatures(nn.Module):
