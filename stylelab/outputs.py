@@ -262,10 +262,7 @@ class RunFolder:
         """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
         if not any((self.root / name).exists() for name in RUN_FILES):
             return None
-        try:
-            status = json.loads((self.root / SUMMARY_FILE).read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
+        status = self.read_summary().get("status")
         return status if isinstance(status, str) else "unfinished"
 
     def check_fresh(self) -> None:

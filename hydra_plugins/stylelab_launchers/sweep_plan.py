@@ -10,7 +10,6 @@ overrides again gives them a new job.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
-from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, was_interrupted
-from stylelab.pareto import failed_return, sweep_return
+from stylelab.outputs import NOT_STARTED, RunFolder, was_interrupted
+from stylelab.pareto import sweep_return
 from stylelab.resume import resumable
 
 
@@ -94,12 +93,9 @@ def number_jobs(
 def skipped_result(
     folder: Path, overrides: list[str], task_name: str, returns: Any = "final/total"
 ) -> JobReturn:
-    """A skipped job's result: what its finished twin in `folder` returned (`sweep_returns`)."""
-    try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text())
-        value = sweep_return(summary if isinstance(summary, dict) else {}, returns)
-    except (OSError, ValueError):
-        value = failed_return(returns)
+    """A skipped job's result: what its finished twin in `folder` returned (`sweep_returns`; an
+    unreadable summary returns inf for each objective, as a failed job does)."""
+    value = sweep_return(RunFolder(folder).read_summary(), returns)
     return JobReturn(
         overrides=overrides,
         working_dir=str(folder),
