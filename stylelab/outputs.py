@@ -31,6 +31,7 @@ from stylelab.run_folder import (
     RUN_FILES,
     RUN_ID_FILE,
     SUMMARY_FILE,
+    SYNTHESIS_KEY,
     Status,
     read_rows,
     read_summary,
@@ -217,7 +218,7 @@ class RunFolder:
                 f"{self.checkpoint_path} is empty, truncated or corrupt "
                 f"({detail or first_line(error)}): restore it from a backup, or start a new run"
             ) from None
-        if not isinstance(state, dict) or not isinstance(state.get("synthesis"), dict):
+        if not isinstance(state, dict) or not isinstance(state.get(SYNTHESIS_KEY), dict):
             raise CheckpointError(
                 f"{self.checkpoint_path} is not a stylelab checkpoint (no synthesis state): "
                 "restore this run's checkpoint, or start a new run"

@@ -665,7 +665,7 @@ def render(
         style=Markup(STYLE),
         script=Markup(SORT_SCRIPT),
         jobs=jobs,
-        finished=sum(job.status == "finished" for job in jobs),
+        finished=sum(job.status == Status.FINISHED for job in jobs),
         sweeps=list(sweeps),
         keys=keys,
         protocols=protocols,
