@@ -52,7 +52,6 @@ EXIT_USAGE = 2
 ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
 # content.png, style.png, style_2.png, ..., and the styles' masks mask.png, mask_2.png, ...
 INPUT_IMAGES = re.compile(r"^(content|style(_\d+)?|mask(_\d+)?)$")
-TABLE_CONFIG = COLUMNS  # the comparison columns (`stylelab.columns`), by their former name
 IGNORED_KEYS = ("hydra", "logger", "resume", "debug", "experiment")  # never grid axes
 MIME = {"PNG": "image/png", "GIF": "image/gif", "JPEG": "image/jpeg"}
 MAX_IMAGE_BYTES = 64 * 2**20  # larger files are not embedded (a 4096 px PNG is ~50 MB)
@@ -76,7 +75,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        return str(status_of(self.summary))
+        return status_of(self.summary)
 
     @property
     def error(self) -> str:
