@@ -9,24 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from stylelab.errors import StyleLabError
-from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, write_json
+from stylelab.outputs import write_json
 from stylelab.pareto import number, pareto_optimal, return_keys
 from stylelab.report import IGNORED_KEYS, Job, label, parse_overrides, swept_keys
+from stylelab.run_folder import Status, job_folders, read_overrides, read_summary, status_of
 from stylelab.swept import sweep_keys
 
 log = logging.getLogger("stylelab")
 JOBS_FILE = "jobs.json"  # a sweep's job list, written by stylelab's sequential launcher
-# A job folder without summary.json: the run never got to write one (killed outright).
-KILLED = {
-    "status": "killed",
-    "error": "no summary.json, the job ended without writing one (SIGKILL, out of memory, "
-    "node failure or a time limit without requeue); see its run.log",
-}
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
@@ -114,54 +108,31 @@ class SweepJobs:
 
 
 def collect_summaries(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(job folder, summary) for every job folder under a multirun folder, in job order."""
-    jobs = (
-        [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()]
-        if sweep_dir.is_dir()
-        else []
-    )
-    jobs.sort(
-        key=lambda path: (
-            not path.name.isdigit(),
-            int(path.name) if path.name.isdigit() else 0,
-            path.name,
-        )
-    )
-    results = []
-    for job in jobs:
-        path = job / SUMMARY_FILE
-        try:
-            summary = json.loads(path.read_text()) if path.exists() else dict(KILLED)
-        except json.JSONDecodeError:
-            summary = {"status": "unreadable summary"}
-        results.append((job, summary))
-    return results
+    """(job folder, summary) for every job folder under a multirun folder, in job order (a job
+    without a readable summary.json: `Status.KILLED`)."""
+    return [(job, read_summary(job)) for job in job_folders(sweep_dir)]
 
 
 def job_line(job: Path, summary: dict[str, Any], settings: str = "") -> tuple[int, str]:
     """(log level, line) for one job of the summary; `settings`: e.g. " [style_weight=1e+06]"."""
-    status, error = summary.get("status"), summary.get("error", "see its run.log")
+    status, error = status_of(summary), summary.get("error", "see its run.log")
     total = summary.get("final/total")
     name = f"  job {job.name}"
-    if status == "finished" and isinstance(total, float):
-        return logging.INFO, f"{name}: finished, final total {total:.4g}{settings}"
-    if status == "interrupted" and summary.get("checkpoint", True):
+    if status == Status.FINISHED and isinstance(total, float):
+        return logging.INFO, f"{name}: {status}, final total {total:.4g}{settings}"
+    if status == Status.INTERRUPTED and summary.get("checkpoint", True):
         resume = f"continue with: python -m stylelab.run resume={job}"
-        return logging.ERROR, f"{name}: interrupted ({error}){settings}; {resume}"
-    if status == "interrupted":
-        return logging.ERROR, f"{name}: interrupted at once, no checkpoint ({error}){settings}"
-    if status == NOT_STARTED:
-        return logging.ERROR, f"{name}: never started ({error}){settings}"
+        return logging.ERROR, f"{name}: {status} ({error}){settings}; {resume}"
+    if status == Status.INTERRUPTED:
+        return logging.ERROR, f"{name}: {status} at once, no checkpoint ({error}){settings}"
+    if status == Status.NOT_STARTED:
+        return logging.ERROR, f"{name}: {Status.shown(Status.NOT_STARTED)} ({error}){settings}"
     return logging.ERROR, f"{name}: {status}: {error}{settings}"
 
 
 def job_overrides(job: Path) -> list[str]:
     """The overrides a job folder recorded (`.hydra/overrides.yaml`), [] if unreadable."""
-    try:
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return []
-    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+    return read_overrides(job) or []
 
 
 def settings_of(jobs: list[Path], command_keys: list[str]) -> dict[Path, str]:
@@ -181,12 +152,12 @@ def redone(results: list[tuple[Path, dict[str, Any]]]) -> dict[Path, str]:
     """Jobs that did not finish but whose overrides a later job ran to the end: job -> that job."""
     finished = {}
     for job, summary in results:
-        if summary.get("status") == "finished":
+        if status_of(summary) == Status.FINISHED:
             finished.setdefault(tuple(sorted(job_overrides(job))), job.name)
     return {
         job: finished[key]
         for job, summary in results
-        if summary.get("status") != "finished"
+        if status_of(summary) != Status.FINISHED
         and (key := tuple(sorted(job_overrides(job)))) in finished
     }
 
@@ -206,7 +177,7 @@ def pareto_line(
     """The sweep's Pareto-optimal finished jobs for the objectives `keys` (`sweep_returns`)."""
     directions = (directions + ["minimize"] * len(keys))[: len(keys)]
     signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    done = [(job, summary) for job, summary in results if summary.get("status") == "finished"]
+    done = [(job, summary) for job, summary in results if status_of(summary) == Status.FINISHED]
     points = [
         [s * number(summary.get(k)) for s, k in zip(signs, keys, strict=True)]
         for _, summary in done
@@ -240,7 +211,7 @@ class SweepSummary(Callback):
         failed = [
             job
             for job, summary in results
-            if summary.get("status") != "finished" and job not in again
+            if status_of(summary) != Status.FINISHED and job not in again
         ]
         command_keys = sweep_keys(
             OmegaConf.select(config, "hydra.overrides.task", default=[]),
@@ -248,8 +219,8 @@ class SweepSummary(Callback):
         )
         settings = settings_of([job for job, _ in results], command_keys)
         never = jobs.never_started()
-        set_up = sum(summary.get("status") == NOT_STARTED for _, summary in results)
-        succeeded = sum(summary.get("status") == "finished" for _, summary in results)
+        set_up = sum(status_of(summary) == Status.NOT_STARTED for _, summary in results)
+        succeeded = sum(status_of(summary) == Status.FINISHED for _, summary in results)
         stopped_by = jobs.data.get("stopped_by")
         if stopped_by:
             log.error(
@@ -277,7 +248,8 @@ class SweepSummary(Callback):
                 line += " (skipped this time: already finished)"
             log.log(level, "%s", line)
         for job in never:
-            log.error("  job %d: never started (%s)", job["num"], " ".join(job["overrides"]))
+            shown = Status.shown(Status.NOT_STARTED)
+            log.error("  job %d: %s (%s)", job["num"], shown, " ".join(job["overrides"]))
         keys = return_keys(config.get("sweep_returns", "final/total"))
         if len(keys) > 1:
             log.info("%s", pareto_line(results, keys, directions(config)))

@@ -20,7 +20,7 @@ from stylelab.config import Config, PairConfig
 from stylelab.engine.device import resolve_device
 from stylelab.errors import StyleLabError, first_line
 from stylelab.evaluating import Metrics, build_evaluator, evaluate_file, read_image
-from stylelab.outputs import CONFIG_FILE, FINAL_IMAGE
+from stylelab.run_folder import CONFIG_FILE, FINAL_IMAGE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,7 +13,8 @@ from stylelab.engine.loop import Observer
 from stylelab.engine.masks import MASK_PREFIX
 from stylelab.engine.sources import sha256_of, source_file
 from stylelab.factory import numbered
-from stylelab.outputs import (
+from stylelab.outputs import RunFolder
+from stylelab.run_folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     FINAL_IMAGE,
@@ -21,7 +22,7 @@ from stylelab.outputs import (
     LOSSES_FILE,
     RUN_ID_FILE,
     SUMMARY_FILE,
-    RunFolder,
+    checkpoint_step,
 )
 from stylelab.tracking import InputFile, Tracker
 
@@ -81,4 +82,4 @@ class CheckpointLogger(Observer):
             for path in (self.folder.root / name for name in OPTIONAL_CHECKPOINT_FILES)
             if path.is_file()
         ]
-        self.tracker.log_checkpoint(files, int(state["synthesis"]["step"]))
+        self.tracker.log_checkpoint(files, checkpoint_step(state))

@@ -22,6 +22,23 @@ from PIL import Image
 
 from stylelab.engine.images import save_png, write_gif
 from stylelab.errors import StyleLabError, first_line
+from stylelab.run_folder import (
+    CHECKPOINT_FILE,
+    EVAL_FILE,
+    GIF_FILE,
+    LOCK_FILE,
+    LOSSES_FILE,
+    RUN_FILES,
+    RUN_ID_FILE,
+    SUMMARY_FILE,
+    SYNTHESIS_KEY,
+    Status,
+    read_rows,
+    read_summary,
+)
+from stylelab.run_folder import CONFIG_FILE as CONFIG_FILE  # re-exported, as before
+from stylelab.run_folder import FINAL_IMAGE as FINAL_IMAGE
+from stylelab.run_folder import NOT_STARTED as NOT_STARTED
 
 try:
     import fcntl
@@ -29,18 +46,6 @@ except ImportError:  # Windows: run folders are not locked
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-LOSSES_FILE = "losses.jsonl"
-EVAL_FILE = "eval.jsonl"  # eval.every: the evaluation protocol's metrics, one row per evaluation
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
-FINAL_IMAGE = "final.png"
-GIF_FILE = "synthesis.gif"
-LOCK_FILE = ".lock"  # held (flock) by the process writing the run, for the run's whole life
-RUN_ID_FILE = "run_id"  # the run's id, written when it starts; its checkpoints carry it too
-RUN_FILES = (CONFIG_FILE, LOSSES_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run was here
-NOT_STARTED = "not started"  # a summary's status: set up, stopped before its first step
-
 _held_locks: dict[Path, int] = {}  # run folder -> file descriptor of its lock, in this process
 
 
@@ -72,13 +77,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def was_interrupted(run_dir: Path) -> bool:
     """The folder holds a checkpoint of a run that was interrupted (not finished or failed)."""
-    summary = run_dir / SUMMARY_FILE
-    if not (run_dir / CHECKPOINT_FILE).exists() or not summary.exists():
+    if not (run_dir / CHECKPOINT_FILE).exists():
         return False
-    try:
-        return json.loads(summary.read_text()).get("status") == "interrupted"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return read_summary(run_dir)["status"] == Status.INTERRUPTED
 
 
 def unlock(*folders: str | Path) -> None:
@@ -145,17 +146,17 @@ class RunFolder:
         _append_rows(self.eval_path, rows)
 
     def read_losses(self) -> list[dict[str, Any]]:
-        return _read_rows(self.losses_path)
+        return read_rows(self.losses_path)
 
     def read_eval(self) -> list[dict[str, Any]]:
-        return _read_rows(self.eval_path)
+        return read_rows(self.eval_path)
 
     def truncate_losses(self, before_step: int) -> None:
         """Drop loss and evaluation rows at or after `before_step` (they will be recomputed
         after a resume)."""
         for path in (self.losses_path, self.eval_path):
             if path.exists() or path == self.losses_path:
-                rows = [row for row in _read_rows(path) if row["step"] < before_step]
+                rows = [row for row in read_rows(path) if row["step"] < before_step]
                 path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def write_gif(self, final: np.ndarray, seconds_per_frame: float) -> Path:
@@ -217,7 +218,7 @@ class RunFolder:
                 f"{self.checkpoint_path} is empty, truncated or corrupt "
                 f"({detail or first_line(error)}): restore it from a backup, or start a new run"
             ) from None
-        if not isinstance(state, dict) or not isinstance(state.get("synthesis"), dict):
+        if not isinstance(state, dict) or not isinstance(state.get(SYNTHESIS_KEY), dict):
             raise CheckpointError(
                 f"{self.checkpoint_path} is not a stylelab checkpoint (no synthesis state): "
                 "restore this run's checkpoint, or start a new run"
@@ -251,19 +252,15 @@ class RunFolder:
         unlock(self.root)
 
     def read_summary(self) -> dict[str, Any]:
-        """The run's summary.json; {} if there is none or it cannot be read."""
-        try:
-            summary = json.loads((self.root / SUMMARY_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return summary if isinstance(summary, dict) else {}
+        """The run's summary.json (`stylelab.run_folder.read_summary`: killed if none)."""
+        return read_summary(self.root)
 
     def earlier_run(self) -> str | None:
-        """How an earlier run here ended: finished, failed, interrupted, unfinished; None if none."""
+        """How an earlier run here ended (a `Status` word: killed where it left no summary);
+        None if no run was here."""
         if not any((self.root / name).exists() for name in RUN_FILES):
             return None
-        status = self.read_summary().get("status")
-        return status if isinstance(status, str) else "unfinished"
+        return str(self.read_summary()["status"])
 
     def check_fresh(self) -> None:
         """Refuse to start a new run where an earlier one left its files."""
@@ -271,7 +268,7 @@ class RunFolder:
         if earlier in (None, NOT_STARTED):  # a run that never took a step may start here anew
             return
         article = "an" if earlier[0] in "aeiou" else "a"
-        more = " steps=<more>" if earlier == "finished" else ""
+        more = " steps=<more>" if earlier == Status.FINISHED else ""
         resume = (
             f"continue it with resume={self.root}{more}, or "
             if self.checkpoint_path.exists()
@@ -297,12 +294,6 @@ def _append_rows(path: Path, rows: list[dict[str, float]]) -> None:
         with contextlib.suppress(OSError):
             os.truncate(path, size)
         raise
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _unreadable(path: Path, error: pickle.UnpicklingError) -> str:

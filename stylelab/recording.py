@@ -11,6 +11,7 @@ from stylelab.engine.images import tensor_to_uint8
 from stylelab.engine.loop import Observer, Result, Row, Synthesis
 from stylelab.engine.observers import ROW_FIELDS
 from stylelab.outputs import FINAL_IMAGE, RunFolder
+from stylelab.run_folder import Status
 from stylelab.tracking import Tracker
 
 
@@ -34,7 +35,7 @@ class RunFolderRecorder(Observer):
     def on_end(self, synthesis: Synthesis, result: Result) -> None:
         self.final = tensor_to_uint8(result.image)
         self.folder.save_image(FINAL_IMAGE, self.final)
-        if result.status == "finished":
+        if result.status == Status.FINISHED:
             self.folder.write_gif(self.final, self.seconds_per_frame)
             self.on_checkpoint(synthesis.state_dict(with_optimizer=False))
 

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import datetime
-import html
 import io
-import json
 import math
 import os
 import re
@@ -35,25 +32,26 @@ from typing import Any
 
 import yaml
 
+from stylelab import run_folder
+from stylelab.columns import COLUMNS, config_value
 from stylelab.pareto import EVAL_KEYS, as_float
+from stylelab.run_folder import (
+    CONFIG_FILE,
+    HYDRA_DIR,
+    LOG_FILE,
+    OVERRIDES_FILE,
+    Status,
+    is_job_folder,
+    read_losses,
+    read_overrides,
+    read_summary,
+    status_of,
+)
 
 EXIT_USAGE = 2
 ROW_FIELDS = ("step", "stage", "size")  # loss rows' bookkeeping, not losses
 # content.png, style.png, style_2.png, ..., and the styles' masks mask.png, mask_2.png, ...
 INPUT_IMAGES = re.compile(r"^(content|style(_\d+)?|mask(_\d+)?)$")
-TABLE_CONFIG = {  # table column: dotted key in the run's config
-    "pair": "pair.name",
-    "layers": "layers.name",
-    "optim": "optim.name",
-    "style_weight": "style_weight",
-    "style_loss": "style_loss",
-    "color": "color.name",
-    "content_weight": "content_weight",
-    "tv_weight": "tv_weight",
-    "steps": "steps",
-    "image_size": "image_size",
-    "weights": "model.weights",
-}
 IGNORED_KEYS = ("hydra", "logger", "resume", "debug", "experiment")  # never grid axes
 MIME = {"PNG": "image/png", "GIF": "image/gif", "JPEG": "image/jpeg"}
 MAX_IMAGE_BYTES = 64 * 2**20  # larger files are not embedded (a 4096 px PNG is ~50 MB)
@@ -77,7 +75,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status", "unknown"))
+        return status_of(self.summary)
 
     @property
     def error(self) -> str:
@@ -88,11 +86,7 @@ class Job:
         or a table column (`layers` is `layers.name`)."""
         if key in self.overrides:
             return self.overrides[key]
-        node: Any = self.config
-        for part in TABLE_CONFIG.get(key, key).split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
+        node = config_value(self.config, key, default={})
         return str(node) if not isinstance(node, dict) else None
 
     def curve(self, term: str) -> tuple[list[int], list[float]]:
@@ -116,20 +110,13 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 def job_folders(folder: Path) -> list[Path]:
     """The job folders of a multirun folder in job order (or the folder itself if it is one run)."""
-    if (folder / ".hydra").is_dir():
-        return [folder]
-    jobs = (
-        [path for path in folder.iterdir() if (path / ".hydra").is_dir()] if folder.is_dir() else []
-    )
-    return sorted(
-        jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
-    )
+    return [folder] if is_job_folder(folder) else run_folder.job_folders(folder)
 
 
 def find_sweeps(root: str | Path) -> list[Path]:
     """Folders under `root` that hold run folders, newest first (by their latest job's start)."""
     started: dict[Path, float] = {}
-    for path in Path(root).glob("**/.hydra/overrides.yaml"):
+    for path in Path(root).glob(f"**/{OVERRIDES_FILE}"):
         sweep = path.parent.parent.parent
         started[sweep] = max(started.get(sweep, 0.0), path.stat().st_mtime)
     return sorted(started, key=started.__getitem__, reverse=True)
@@ -165,30 +152,23 @@ def _last_error(log_file: Path) -> str:
 
 
 def load_job(folder: Path) -> Job:
-    """Read one run folder; a killed or broken run still gives a Job (with its status)."""
-    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    config = (
-        _read_yaml(folder / "config.yaml") or _read_yaml(folder / ".hydra" / "config.yaml") or {}
-    )
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except FileNotFoundError:
-        summary = {"status": "no summary (failed early or killed)"}
-    except (json.JSONDecodeError, OSError):
-        summary = {"status": "unreadable summary.json"}
-    if summary.get("status") != "finished" and not summary.get("error"):
-        summary["error"] = _last_error(folder / "run.log")
-    losses = []
-    if (folder / "losses.jsonl").exists():
-        for line in (folder / "losses.jsonl").read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
-                losses.append(json.loads(line))
+    """Read one run folder; a killed or broken run still gives a Job (with its status and, for a
+    run killed or failed without a message, the last error line of its run.log)."""
+    overrides = read_overrides(folder) or []
+    config = _read_yaml(folder / CONFIG_FILE) or _read_yaml(folder / HYDRA_DIR / CONFIG_FILE) or {}
+    summary = read_summary(folder)
+    if summary["status"] != Status.FINISHED:
+        logged = _last_error(folder / LOG_FILE)
+        if logged and (summary["status"] == Status.KILLED or not summary.get("error")):
+            summary["error"] = logged  # what the job said before it died
     images = {
         path.stem: path
         for path in sorted(folder.glob("*.png"))
         if (path.stem == "final" or INPUT_IMAGES.match(path.stem)) and image_bytes(path)
     }
-    return Job(folder.name, parse_overrides(overrides), config, summary, losses, images)
+    return Job(
+        folder.name, parse_overrides(overrides), config, summary, read_losses(folder), images
+    )
 
 
 def loss_kinds(jobs: list[Job]) -> list[str]:
@@ -243,7 +223,7 @@ def job_from_wandb(run: Any, download_dir: str | Path) -> Job:
         for row in run.scan_history(keys=keys)
     ]
     job = Job(run.id, parse_overrides(split_run_name(run.name)), dict(run.config), summary, losses)
-    for key in TABLE_CONFIG:  # a renamed run still has its hyperparameters
+    for key in COLUMNS:  # a renamed run still has its hyperparameters
         if key not in job.overrides and job.value(key) is not None:
             job.overrides[key] = str(job.value(key))
     folder = Path(download_dir) / run.id
@@ -454,29 +434,27 @@ def figure_uri(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _cell(job: Job, caption_keys: list[str]) -> str:
+def _cell(job: Job, caption_keys: list[str]) -> dict[str, Any]:
+    """One job's figure in the grid: its final image, else its status and error."""
     caption = ", ".join(f"{key}={label(job.value(key))}" for key in caption_keys)
     total = as_float(job.summary.get("final/total"))
     detail = f"job {job.name}" + (f", total {total:.4g}" if total is not None else "")
     uri = data_uri(job.images["final"]) if "final" in job.images else None
-    if uri and job.status == "finished":
-        body = f'<img src="{uri}" alt="job {html.escape(job.name)}">'
-    else:
-        error = job.error or (MISSING_IMAGE if job.status == "finished" else "")
-        body = f'<div class="failed"><b>{html.escape(job.status)}</b><br>{html.escape(error)}</div>'
-    text = "<br>".join(html.escape(part) for part in (caption, detail) if part)
-    return f"<figure>{body}<figcaption>{text}</figcaption></figure>"
+    finished = job.status == Status.FINISHED
+    return {
+        "uri": uri if finished else None,
+        "name": job.name,
+        "status": job.status,
+        "error": job.error or (MISSING_IMAGE if finished else ""),
+        "lines": [part for part in (caption, detail) if part],
+    }
 
 
-def grid_html(jobs: list[Job], rows: str | None = None, cols: str | None = None) -> str:
-    """The image grid as an HTML table (also usable in a notebook with IPython.display.HTML)."""
+def grid_model(jobs: list[Job], rows: str | None = None, cols: str | None = None) -> dict:
+    """The image grid's header and cells (each a list of `_cell`s)."""
     rows, cols, caption_keys = choose_axes(jobs, rows, cols)
     row_values = list(dict.fromkeys(job.value(rows) for job in jobs)) if rows else [None]
     col_values = list(dict.fromkeys(job.value(cols) for job in jobs)) if cols else [None]
-    corner = f"{html.escape(rows or '')} \\ {html.escape(cols or '')}" if rows else ""
-    head = "".join(
-        f"<th>{html.escape(f'{cols}={label(value)}' if cols else '')}</th>" for value in col_values
-    )
     body = []
     for row in row_values:
         cells = []
@@ -486,26 +464,34 @@ def grid_html(jobs: list[Job], rows: str | None = None, cols: str | None = None)
                 for j in jobs
                 if (not rows or j.value(rows) == row) and (not cols or j.value(cols) == col)
             ]
-            cells.append("<td>" + "".join(_cell(job, caption_keys) for job in found) + "</td>")
-        header = f"<th>{html.escape(f'{rows}={label(row)}')}</th>" if rows else ""
-        body.append(f"<tr>{header}{''.join(cells)}</tr>")
-    corner_cell = f"<th>{corner}</th>" if rows else ""
-    return f'<table class="grid"><tr>{corner_cell}{head}</tr>{"".join(body)}</table>'
+            cells.append([_cell(job, caption_keys) for job in found])
+        body.append({"header": f"{rows}={label(row)}" if rows else "", "cells": cells})
+    head = [f"{cols}={label(value)}" if cols else "" for value in col_values]
+    return {"rows": rows, "cols": cols, "head": head, "body": body}
 
 
-def inputs_html(jobs: list[Job]) -> str:
-    """The content and style image of each pair, once."""
+def grid_html(jobs: list[Job], rows: str | None = None, cols: str | None = None) -> str:
+    """The image grid as an HTML table (also usable in a notebook with IPython.display.HTML)."""
+    return str(_tables().grid(grid_model(jobs, rows, cols)))
+
+
+def inputs_figures(jobs: list[Job]) -> list[dict[str, str]]:
+    """The content and style image of each pair, once: (data URI, image key, pair)."""
     seen: dict[str, Job] = {}
     for job in jobs:
         if "content" in job.images:
             seen.setdefault(job.value("pair.name") or job.name, job)
-    figures = [
-        f'<figure><img src="{uri}" alt="{key}"><figcaption>{html.escape(pair)}: {key}</figcaption></figure>'
+    return [
+        {"uri": uri, "key": key, "pair": pair}
         for pair, job in seen.items()
         for key in job.images
         if key != "final" and (uri := data_uri(job.images[key]))
     ]
-    return f'<div class="inputs">{"".join(figures)}</div>'
+
+
+def inputs_html(jobs: list[Job]) -> str:
+    """The content and style image of each pair, once."""
+    return str(_tables().inputs(inputs_figures(jobs)))
 
 
 def step_path_label(summary: dict[str, Any]) -> str:
@@ -514,11 +500,11 @@ def step_path_label(summary: dict[str, Any]) -> str:
     return f"{path} ({reason})" if path and reason else str(path or "")
 
 
-def table_html(jobs: list[Job], keys: list[str]) -> str:
-    """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
+def table_model(jobs: list[Job], keys: list[str]) -> dict[str, Any]:
+    """The runs table: its header and, per job, (text, sort key or None) cells and its error."""
     from stylelab.layer_losses import KINDS, unweighted_total
 
-    columns = list(dict.fromkeys([*keys, *TABLE_CONFIG]))
+    columns = list(dict.fromkeys([*keys, *COLUMNS]))
     finals = [*eval_keys(jobs), *final_keys(jobs)]
     unweighted = [kind for kind in KINDS if any(unweighted_total(job, kind) for job in jobs)]
     head = [
@@ -532,27 +518,36 @@ def table_html(jobs: list[Job], keys: list[str]) -> str:
     ]
     rows = []
     for job in jobs:
-        values = [job.value(key) for key in columns]
-        cells = [
-            f'<td data-sort="{html.escape(job.name)}">{html.escape(job.name)}</td>',
-            f"<td>{html.escape(job.status)}</td>",
-        ]
-        cells += [
-            f'<td data-sort="{html.escape(v or "")}">{html.escape(label(v))}</td>' for v in values
-        ]
+        cells: list[tuple[str, str | None]] = [(job.name, job.name), (job.status, None)]
+        cells += [(label(v), v or "") for v in (job.value(key) for key in columns)]
         numbers = [as_float(job.summary.get(key)) for key in finals]
         numbers += [unweighted_total(job, kind) for kind in unweighted]
-        for number in numbers:
-            text = f"{number:.4g}" if number is not None else ""
-            cells.append(f'<td data-sort="{number if number is not None else ""}">{text}</td>')
+        cells += [(f"{n:.4g}", str(n)) if n is not None else ("", "") for n in numbers]
+        cells.append((step_path_label(job.summary), None))
         failed_eval = job.summary.get("eval/error")
         error = job.error or (f"evaluation failed: {failed_eval}" if failed_eval else "")
-        cells.append(f"<td>{html.escape(step_path_label(job.summary))}</td>")
-        cells.append(f'<td class="error">{html.escape(error)}</td>')
-        css = "" if job.status == "finished" else ' class="bad"'
-        rows.append(f"<tr{css}>{''.join(cells)}</tr>")
-    header = "".join(f'<th title="click to sort">{html.escape(key)}</th>' for key in head)
-    return f'<table class="runs sortable"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        rows.append({"cells": cells, "error": error, "bad": job.status != Status.FINISHED})
+    return {"head": head, "rows": rows}
+
+
+def table_html(jobs: list[Job], keys: list[str]) -> str:
+    """Hyperparameters and final losses, one row per job; a click on a header sorts by it."""
+    return str(_tables().runs(table_model(jobs, keys)))
+
+
+def _environment() -> Any:
+    """The Jinja2 environment of stylelab/templates, autoescaping."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        autoescape=True,
+    )
+
+
+def _tables() -> Any:
+    """The macros of tables.html.j2 (grid, inputs, runs)."""
+    return _environment().get_template("tables.html.j2").module
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -639,7 +634,6 @@ def render(
     sweeps: Iterable[str] = (),
 ) -> str:
     """The whole page as a string (stylelab/templates/report.html.j2, autoescaped)."""
-    import jinja2
     from markupsafe import Markup
 
     from stylelab.layer_losses import layer_figure
@@ -661,10 +655,7 @@ def render(
         metrics = [*eval_keys(jobs), "final/total"]
         setting = [key for key in keys if key != "seed"]
         seeds = {"columns": setting, "metrics": metrics, "rows": seed_rows(jobs, keys, metrics)}
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
-        autoescape=True,
-    )
+    environment = _environment()
     protocols = sorted(
         {str(j.summary["eval/protocol"]) for j in jobs if j.summary.get("eval/protocol")}
     )
@@ -673,13 +664,13 @@ def render(
         style=Markup(STYLE),
         script=Markup(SORT_SCRIPT),
         jobs=jobs,
-        finished=sum(job.status == "finished" for job in jobs),
+        finished=sum(job.status == Status.FINISHED for job in jobs),
         sweeps=list(sweeps),
         keys=keys,
         protocols=protocols,
         stamp=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        grid=Markup(grid_html(jobs, row_key, col_key)),
-        inputs=Markup(inputs_html(jobs)),
+        grid=grid_model(jobs, row_key, col_key),
+        inputs=inputs_figures(jobs),
         color_by=color_by,
         label_by=label_by,
         tradeoff=figure_uri(tradeoff) if tradeoff is not None else None,
@@ -688,7 +679,7 @@ def render(
         seeds=seeds,
         losses=figure_uri(losses) if losses is not None else None,
         layers=figure_uri(layers) if layers is not None else None,
-        table=Markup(table_html(jobs, keys)),
+        table=table_model(jobs, keys),
     )
 
 

@@ -22,7 +22,15 @@ from stylelab.config import Config
 from stylelab.engine.schedule import Stage
 from stylelab.errors import StyleLabError
 from stylelab.factory import schedule_of
-from stylelab.outputs import CONFIG_FILE, CheckpointError, RunFolder, was_interrupted
+from stylelab.outputs import CheckpointError, RunFolder, was_interrupted
+from stylelab.run_folder import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    CONFIG_KEY,
+    RUN_ID_KEY,
+    checkpoint_stage,
+    checkpoint_step,
+)
 
 # Keys (or key prefixes ending in ".") a resume may change; every other key is fixed. `resume`
 # (the folder itself) comes last and is left out of messages.
@@ -116,10 +124,10 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> dict[str, Any]:
     checkpoint = folder.load_checkpoint(mmap=True)
     if checkpoint is None:
         raise CheckpointError(
-            f"resume={folder.root}: no checkpoint.pt there (the run never stopped cleanly); "
+            f"resume={folder.root}: no {CHECKPOINT_FILE} there (the run never stopped cleanly); "
             "start a new run"
         )
-    saved = checkpoint.get("config")
+    saved = checkpoint.get(CONFIG_KEY)
     if not isinstance(saved, dict):
         raise CheckpointError(
             f"{folder.checkpoint_path} does not record its run's config: it cannot be checked "
@@ -132,7 +140,7 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> dict[str, Any]:
             f"{', '.join(differences)}): put back this run's checkpoint, or start a new run"
         )
     # A run from before run ids has none in its folder nor in its checkpoints.
-    run_id, written_by = folder.run_id(), checkpoint.get("run_id")
+    run_id, written_by = folder.run_id(), checkpoint.get(RUN_ID_KEY)
     if written_by != run_id:
         raise CheckpointError(
             f"{folder.checkpoint_path} belongs to another run (run id {written_by or 'none'}, "
@@ -153,12 +161,12 @@ def _counts(stages: list[Stage]) -> str:
 def check_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
     """The resumed run (`cfg`) has steps left after the checkpoint's, keeps the steps of the
     stages it has finished, and a changed `steps` or `schedule.steps` changes its stages."""
-    saved = checkpoint["config"]
+    saved = checkpoint[CONFIG_KEY]
     before = copy.deepcopy(cfg)
     before.steps = saved.get("steps", cfg.steps)
     before.schedule.steps = (saved.get("schedule") or {}).get("steps", cfg.schedule.steps)
     old, new = _stages(before), _stages(cfg)
-    stage, done = int(checkpoint.get("stage", 0)), int(checkpoint["synthesis"]["step"])
+    stage, done = checkpoint_stage(checkpoint), checkpoint_step(checkpoint)
     per_stage = cfg.schedule.name != "single" and cfg.schedule.steps is not None
     key = "schedule.steps" if per_stage else "steps"
     asked = f"{key}={_counts(new) if per_stage else cfg.steps}"

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from stylelab.columns import column_values
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
 from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, RunFolderError, unlock
@@ -191,20 +192,10 @@ def logger_options(config: Config) -> dict[str, Any]:
 
 
 def swept_values(config: Config, overrides: list[str]) -> dict[str, Any]:
-    """The hyperparameters a comparison table shows: the usual knobs plus every override (its
-    value as Hydra reads it: numbers stay numbers)."""
-    values: dict[str, Any] = {
-        "pair": config.pair.name,
-        "layers": config.layers.name,
-        "optimizer": config.optim.name,
-        "style_weight": config.style_weight,
-        "style_loss": config.style_loss,
-        "color": config.color.name,
-        "content_weight": config.content_weight,
-        "tv_weight": config.tv_weight,
-        "image_size": config.image_size,
-        "steps": config.steps,
-    }
+    """The hyperparameters a comparison table shows: the comparison columns
+    (`stylelab.columns`) plus every other override (its value as Hydra reads it: numbers stay
+    numbers)."""
+    values = column_values(config)
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if not key.startswith(NAME_EXCLUDED):

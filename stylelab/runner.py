@@ -32,6 +32,13 @@ from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
+from stylelab.run_folder import (
+    TRACKER_RUN_ID_KEY,
+    Status,
+    checkpoint_extra,
+    checkpoint_stage,
+    checkpoint_step,
+)
 from stylelab.signals import Interrupted, NotStarted, stop_on_signals
 from stylelab.tracking import RunInfo, Tracker
 
@@ -104,8 +111,8 @@ def synthesis_steps(
         )
     # A run that never took a step (NOT_STARTED) continues its tracker run, as a resumed one does.
     earlier = folder.read_summary() if checkpoint is None else {}
-    unused = earlier.get("tracker_run_id") if earlier.get("status") == NOT_STARTED else None
-    info.resume_id = info.resume_id or (checkpoint or {}).get("tracker_run_id") or unused
+    unused = earlier.get(TRACKER_RUN_ID_KEY) if earlier.get("status") == NOT_STARTED else None
+    info.resume_id = info.resume_id or (checkpoint or {}).get(TRACKER_RUN_ID_KEY) or unused
     run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
     known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
@@ -134,7 +141,7 @@ def synthesis_steps(
                 getattr(error, "exit_code", EXIT_INTERRUPTED) if interrupted else EXIT_FAILED
             )
             summary = {
-                "status": "interrupted" if interrupted else "failed",
+                "status": Status.INTERRUPTED if interrupted else Status.FAILED,
                 "error": str(error) or type(error).__name__,
                 "seconds": time.perf_counter() - started,
                 **known,
@@ -163,9 +170,9 @@ def _synthesize(
     content = built.images(synthesis.stages[-1].size)[0]
     check_memory(cfg, built.device, content.shape[-1] * content.shape[-2])
     if checkpoint is not None:
-        log.info("resuming from step %d of %d (%s)", checkpoint["synthesis"]["step"],
+        log.info("resuming from step %d of %d (%s)", checkpoint_step(checkpoint),
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip
-        folder.truncate_losses(before_step=int(checkpoint["synthesis"]["step"]))
+        folder.truncate_losses(before_step=checkpoint_step(checkpoint))
     inputs = built.inputs()
     files = input_files(cfg)
     known["inputs"] = digests(files)
@@ -178,7 +185,7 @@ def _synthesize(
             tracker.log_image(key, image, caption=caption)
     recorder = RunFolderRecorder(
         folder,
-        {"run_id": run_id, "tracker_run_id": tracker.run_id, "config": asdict(cfg)},
+        checkpoint_extra(run_id, tracker.run_id, asdict(cfg)),
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
@@ -194,7 +201,7 @@ def _synthesize(
     result = yield BatchJob(
         synthesis, observers, lambda: bool(received), checkpoint, batch_key(cfg, built, checkpoint)
     )
-    if result.status == "interrupted":
+    if result.status == Status.INTERRUPTED:
         raise Interrupted(received[0], result.step)
     if result.stopped_early:
         log.info("stopped early at step %d of %d: %s", result.step, synthesis.total_steps,
@@ -214,7 +221,7 @@ def batch_key(cfg: Config, built: Built, checkpoint: dict | None) -> tuple:
     stages = built.synthesis.stages
     content = built.images.sources.content.size  # (width, height) as loaded, before resizing
     shapes = [long_side_size(*content, stage.size) for stage in stages]
-    start = (checkpoint["stage"], checkpoint["synthesis"]["step"]) if checkpoint else (0, 0)
+    start = (checkpoint_stage(checkpoint), checkpoint_step(checkpoint)) if checkpoint else (0, 0)
     return (
         tuple((stage.size, stage.steps) for stage in stages), tuple(shapes), cfg.optim.name,
         built.precision, cfg.batch_invariant, str(built.device), vgg_key(cfg), start,
@@ -246,7 +253,7 @@ def summarize(result: Result, built: Built, cfg: Config, folder: RunFolder) -> d
         row = next((r for r in folder.read_losses() if r["step"] == result.best_step), row)
     seconds = result.seconds
     return {
-        "status": "finished",
+        "status": Status.FINISHED,
         **{f"final/{k}": v for k, v in row.items() if k not in ("step", "stage", "size", TRIAL)},
         "steps": result.step,
         "best_step": result.best_step,

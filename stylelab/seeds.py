@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from stylelab.pareto import as_float
+from stylelab.run_folder import Status
 
 if TYPE_CHECKING:
     from stylelab.report import Job
@@ -36,7 +37,7 @@ def seed_rows(
     """(setting, finished runs, "mean ± sd" of each metric) per setting, over its finished runs."""
     rows = []
     for setting, group in seed_groups(jobs, keys).items():
-        done = [job for job in group if job.status == "finished"]
+        done = [job for job in group if job.status == Status.FINISHED]
         cells = []
         for metric in metrics:
             values = [v for job in done if (v := as_float(job.summary.get(metric))) is not None]

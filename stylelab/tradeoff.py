@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stylelab.pareto import TRADE_OFF, number, pareto_optimal
 from stylelab.plotting import KeyStyle
+from stylelab.run_folder import Status
 from stylelab.seeds import mean_spread, seed_groups, seed_swept
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def scored(jobs: Sequence[Job]) -> list[Job]:
     return [
         job
         for job in jobs
-        if job.status == "finished" and all(math.isfinite(v) for v in tradeoff_point(job))
+        if job.status == Status.FINISHED and all(math.isfinite(v) for v in tradeoff_point(job))
     ]
 
 

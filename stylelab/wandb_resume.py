@@ -11,8 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from stylelab.outputs import CHECKPOINT_FILE, CONFIG_FILE
 from stylelab.resume import ResumeError
+from stylelab.run_folder import CHECKPOINT_FILE, CONFIG_FILE
 from stylelab.tracking.wandb_artifacts import artifact_name
 from stylelab.tracking.wandb_tracker import resolve_mode
 

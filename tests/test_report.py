@@ -142,7 +142,7 @@ def test_failed_and_killed_jobs_show_their_status_and_error(sweep: Path, tmp_pat
     assert out == copy / "report.html"
     assert page.count('class="failed"') == 2 and page.count('<tr class="bad">') == 2
     assert "the loss became nan" in page and "image not found: /x.jpg" in page
-    assert "no summary (failed early or killed)" in page
+    assert "<td>killed</td>" in page  # no summary.json: stylelab.run_folder.Status.KILLED
     assert "layers \\ style_weight" in page
 
 

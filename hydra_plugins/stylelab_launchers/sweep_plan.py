@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
-from stylelab.outputs import NOT_STARTED, RunFolder, was_interrupted
+from stylelab.outputs import RunFolder, was_interrupted
 from stylelab.pareto import sweep_return
 from stylelab.resume import resumable
+from stylelab.run_folder import OVERRIDES_FILE, Status, read_overrides
 
 
 class Earlier:
@@ -28,9 +28,10 @@ class Earlier:
     def __init__(self, folder: Path, overrides: list[str]):
         self.folder, self.overrides = folder, overrides
         self.num = int(folder.name) if folder.name.isdigit() else None
-        self.finished = earlier_run(folder) == "finished"
+        ended = earlier_run(folder)
+        self.finished = ended == Status.FINISHED
         self.interrupted = was_interrupted(folder)
-        self.not_started = earlier_run(folder) == NOT_STARTED  # set up, stopped before step 0
+        self.not_started = ended == Status.NOT_STARTED  # set up, stopped before step 0
 
 
 def earlier_run(folder: Path) -> str | None:
@@ -50,13 +51,11 @@ def loose(overrides: Sequence[str]) -> tuple[str, ...]:
 def earlier_jobs(sweep_dir: Path) -> list[Earlier]:
     """The job folders in `sweep_dir` (those with `.hydra/overrides.yaml`)."""
     found = []
-    for path in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        try:
-            overrides = yaml.safe_load(path.read_text()) or []
-        except (OSError, yaml.YAMLError):
-            overrides = None
-        if isinstance(overrides, list):
-            found.append(Earlier(path.parent.parent, [str(o) for o in overrides]))
+    for path in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
+        folder = path.parent.parent
+        overrides = read_overrides(folder)
+        if overrides is not None:
+            found.append(Earlier(folder, overrides))
     return found
 
 
