@@ -33,6 +33,7 @@ from stylelab.engine.sources import load_skimage
 from stylelab.engine.statistics import (
     DEFAULT_NS_ITERATIONS,
     DEFAULT_RIDGE,
+    FeatureMoments,
     W2Statistic,
     W2StyleLoss,
     feature_mean_and_covariance,
@@ -62,14 +63,16 @@ def _trace(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def w2_reference(
-    target: torch.Tensor,
+    target: torch.Tensor | FeatureMoments,
     features: torch.Tensor,
     mask: torch.Tensor | None = None,
     ridge: float = DEFAULT_RIDGE,
 ) -> torch.Tensor:
     """`W2StyleLoss(target, mask)(features)` in float64 with the cross term's root by eigh:
     the reference (differentiable by autograd; synchronises, for tests and benchmarks)."""
-    moments = feature_moments(target.detach().double())
+    if not isinstance(target, FeatureMoments):
+        target = feature_moments(target.detach().double())
+    moments = FeatureMoments(target.mean.double(), target.second_moment.double())
     style = _symmetric_with_ridge(moments.covariance(), ridge)
     mean, covariance = feature_mean_and_covariance(
         features.double(), None if mask is None else mask.double()
