@@ -36,6 +36,7 @@ from stylelab.engine.statistics import (
     FeatureMoments,
     W2Statistic,
     W2StyleLoss,
+    _trace,
     feature_mean_and_covariance,
     feature_moments,
     gaussian_w2_squared,
@@ -56,10 +57,6 @@ def photo(name: str, size: int) -> torch.Tensor:
 def _symmetric_with_ridge(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
     eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
     return 0.5 * (covariance + covariance.transpose(-2, -1)) + ridge * eye
-
-
-def _trace(matrix: torch.Tensor) -> torch.Tensor:
-    return matrix.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
 def w2_reference(

@@ -12,7 +12,8 @@ Each statistic is used in two phases:
 Masks are (1 or N, 1, H, W) weights at the layer's resolution (see `stylelab.engine.masks`).
 The Wasserstein-2 loss follows crowsonkb/style-transfer-pytorch: squared W2 distance between
 Gaussians fitted to the features, divided by the number of channels, with a small ridge on
-both covariances and a Newton-Schulz matrix square root.
+both covariances; its cross term's root comes from `root_trace` (Newton-Schulz forward,
+closed-form gradient, on the smaller side of each layer).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from stylelab.engine.root_trace import (
 )
 
 DEFAULT_RIDGE = 1e-4
-DEFAULT_NS_ITERATIONS = 15
+DEFAULT_NS_ITERATIONS = ROOT_TRACE_ITERATIONS
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
