@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -209,9 +211,11 @@ def accuracy(args: argparse.Namespace) -> None:
         )
         row = []
         for num_iters in (*ACCURACY_ITERATIONS, None):
-            loss = W2StyleLoss(target, num_iters=num_iters or DEFAULT_NS_ITERATIONS)
+            loss: Callable[[torch.Tensor], torch.Tensor] = W2StyleLoss(
+                target, num_iters=num_iters or DEFAULT_NS_ITERATIONS
+            )
             if num_iters is None:
-                loss = lambda leaf, target=target: w2_before(target, leaf)  # noqa: E731
+                loss = partial(w2_before, target)
             value, gradient = _value_and_gradient(loss, features)
             row.append(
                 f"{_relative(value, ref_value):8.1e}/{_relative(gradient, ref_gradient):8.1e}"

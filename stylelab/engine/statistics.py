@@ -159,7 +159,7 @@ def _covariance_factor(
 ) -> torch.Tensor:
     """G (N, C, HW) with G G^T the weighted covariance: centred * sqrt(w / sum(w)); an
     all-ones mask gives exactly the unmasked centred / sqrt(HW)."""
-    if weights is not None:
+    if weights is not None and ratio is not None:
         centred = centred * (weights * ratio.reshape(-1, 1, 1)).sqrt()
     return centred / math.sqrt(centred.shape[-1])
 
@@ -276,6 +276,13 @@ class W2StyleLoss(nn.Module):
     The batch is handled like `StyleLoss`: each image against the one target, losses averaged.
     """
 
+    ridge_eye: torch.Tensor
+    target_mean: torch.Tensor
+    target_trace: torch.Tensor
+    target_cov_sqrt: torch.Tensor
+    target_eigenvalues: torch.Tensor  # and the rest of the `StyleSpectrum` as target_<field>
+    mask: torch.Tensor | None
+
     def __init__(
         self,
         target: torch.Tensor | FeatureMoments,
@@ -293,7 +300,6 @@ class W2StyleLoss(nn.Module):
         self.ridge, self.num_iters = ridge, num_iters
         self.register_buffer("ridge_eye", (ridge * eye).float())
         self.register_buffer("target_mean", target.mean.detach().float())
-        self.register_buffer("target_cov", (covariance + ridge * eye).float())
         self.register_buffer("target_trace", _trace(covariance + ridge * eye).float())
         self.register_buffer("target_cov_sqrt", sqrtm_eigh(covariance + ridge * eye).float())
         spectrum = style_spectrum(covariance.squeeze(0), ridge)
