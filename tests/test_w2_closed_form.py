@@ -160,3 +160,25 @@ def test_small_side_runs_in_fp32_under_autocast() -> None:
         value = W2StyleLoss(target)(features.bfloat16())
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, expected, atol=0.02 * expected.item(), rtol=0)
+
+
+def test_padding_the_spectrum_with_zero_eigenvalues_changes_nothing() -> None:
+    """Style spectra of different ranks can be stacked (a batch of targets) by padding with
+    zero eigenvalues: the r (C - m) term makes up for the larger matrix, exactly."""
+    target = gaussian_features(*SMALL, seed=1).double()
+    covariance = feature_moments(target).covariance()[0]
+    spectrum = rt.style_spectrum(covariance, 1e-4)
+    _, everything = torch.linalg.eigh(covariance)
+    extra = everything[:, :3]  # eigenvectors of (numerically) zero eigenvalues
+    zeros = torch.zeros(3, dtype=torch.float64)
+    corner = torch.block_diag(spectrum.corner, torch.zeros(3, 3, dtype=torch.float64))
+    padded = rt.StyleSpectrum(
+        torch.cat([spectrum.basis, extra], dim=1),
+        torch.cat([spectrum.eigenvalues, zeros]),
+        torch.cat([spectrum.coupling, zeros]),
+        corner,
+    )
+    factor = gaussian_features(*SMALL, dtype=torch.float64).flatten(2)
+    factor = (factor - factor.mean(-1, keepdim=True)) / 4
+    values = [rt.cross_trace_small(factor, s, 1e-4, num_iters=40) for s in (spectrum, padded)]
+    torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=1e-10)
