@@ -12,7 +12,8 @@ Each statistic is used in two phases:
 Masks are (1 or N, 1, H, W) weights at the layer's resolution (see `stylelab.engine.masks`).
 The Wasserstein-2 loss follows crowsonkb/style-transfer-pytorch: squared W2 distance between
 Gaussians fitted to the features, divided by the number of channels, with a small ridge on
-both covariances and a Newton-Schulz matrix square root.
+both covariances; its cross term's root comes from `root_trace` (Newton-Schulz forward,
+closed-form gradient, on the smaller side of each layer).
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylelab.engine.losses import gram_matrix
+from stylelab.engine.root_trace import (
+    ROOT_TRACE_ITERATIONS,
+    StyleSpectrum,
+    cross_trace_large,
+    cross_trace_small,
+    small_side_pays,
+    style_spectrum,
+)
 
 DEFAULT_RIDGE = 1e-4
-DEFAULT_NS_ITERATIONS = 15
+DEFAULT_NS_ITERATIONS = ROOT_TRACE_ITERATIONS
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -132,10 +141,27 @@ def feature_mean_and_covariance(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean (N, C) and covariance (N, C, C), from centred features (no cancellation)."""
     with torch.autocast(device_type=features.device.type, enabled=False):
-        flat, weights, ratio = _flat_and_weights(features, mask)
-        mean = _weighted_mean(flat, weights, ratio)
-        centred = flat - mean.unsqueeze(-1)
+        mean, centred, weights, ratio = _centred(features, mask)
         return mean, _weighted_outer(centred, centred, weights, ratio)
+
+
+def _centred(
+    features: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Weighted mean (N, C), centred flat features (N, C, HW), mask weights and coverage."""
+    flat, weights, ratio = _flat_and_weights(features, mask)
+    mean = _weighted_mean(flat, weights, ratio)
+    return mean, flat - mean.unsqueeze(-1), weights, ratio
+
+
+def _covariance_factor(
+    centred: torch.Tensor, weights: torch.Tensor | None, ratio: torch.Tensor | None
+) -> torch.Tensor:
+    """G (N, C, HW) with G G^T the weighted covariance: centred * sqrt(w / sum(w)); an
+    all-ones mask gives exactly the unmasked centred / sqrt(HW)."""
+    if weights is not None and ratio is not None:
+        centred = centred * (weights * ratio.reshape(-1, 1, 1)).sqrt()
+    return centred / math.sqrt(centred.shape[-1])
 
 
 def blend_grams(grams: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -243,11 +269,19 @@ class GramStyleLoss(nn.Module):
 class W2StyleLoss(nn.Module):
     """Squared W2 distance / C between Gaussians fitted to the features and to a fixed target.
 
-    `target` is the style's features (N=1) or `FeatureMoments` (e.g. a blend). The target's
-    mean, covariance (+ ridge) and covariance square root (eigh, float64) are computed once
-    here; `forward` uses matmuls only. `mask` weights the synthesis's feature vectors. The
-    batch is handled like `StyleLoss`: each image against the one target, losses averaged.
+    `target` is the style's features (N=1) or `FeatureMoments` (e.g. a blend). Everything about
+    the target (mean, covariance + ridge, its trace, square root and spectrum; eigh, float64)
+    is computed once here; `forward` uses matmuls only, and takes the cross term's root on
+    the smaller side per layer (`root_trace`). `mask` weights the synthesis's feature vectors.
+    The batch is handled like `StyleLoss`: each image against the one target, losses averaged.
     """
+
+    ridge_eye: torch.Tensor
+    target_mean: torch.Tensor
+    target_trace: torch.Tensor
+    target_cov_sqrt: torch.Tensor
+    target_eigenvalues: torch.Tensor  # and the rest of the `StyleSpectrum` as target_<field>
+    mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -255,34 +289,54 @@ class W2StyleLoss(nn.Module):
         mask: torch.Tensor | None = None,
         *,
         ridge: float = DEFAULT_RIDGE,
-        num_iters: int = DEFAULT_NS_ITERATIONS,
+        num_iters: int = ROOT_TRACE_ITERATIONS,
     ):
         super().__init__()
         if not isinstance(target, FeatureMoments):
             target = feature_moments(target.detach().double())
         covariance = target.covariance().double()
+        covariance = 0.5 * (covariance + covariance.transpose(-2, -1))
         eye = torch.eye(covariance.shape[-1], dtype=torch.float64, device=covariance.device)
-        covariance = 0.5 * (covariance + covariance.transpose(-2, -1)) + ridge * eye
-        self.num_iters = num_iters
+        self.ridge, self.num_iters = ridge, num_iters
         self.register_buffer("ridge_eye", (ridge * eye).float())
         self.register_buffer("target_mean", target.mean.detach().float())
-        self.register_buffer("target_cov", covariance.float())
-        self.register_buffer("target_cov_sqrt", sqrtm_eigh(covariance).float())
+        self.register_buffer("target_trace", _trace(covariance + ridge * eye).float())
+        self.register_buffer("target_cov_sqrt", sqrtm_eigh(covariance + ridge * eye).float())
+        spectrum = style_spectrum(covariance.squeeze(0), ridge)
+        for name, tensor in spectrum._asdict().items():
+            self.register_buffer(f"target_{name}", tensor.float())
         _optional_buffer(self, "mask", mask)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        dtype = _compute_dtype(features)
         with torch.autocast(device_type=features.device.type, enabled=False):
-            mean, covariance = feature_mean_and_covariance(features, self.mask)
-            distance = gaussian_w2_squared(
-                mean,
-                covariance + self.ridge_eye.to(dtype),
-                self.target_mean.to(dtype),
-                self.target_cov.to(dtype),
-                self.target_cov_sqrt.to(dtype),
-                self.num_iters,
-            )
-            return (distance / features.shape[1]).mean()
+            mean, centred, weights, ratio = _centred(features, self.mask)
+            channels, pixels = centred.shape[-2:]
+            small = small_side_pays(channels, pixels, self.target_eigenvalues.shape[0])
+            side = self._small_side if small else self._large_side
+            cov_trace, cross = side(centred, weights, ratio)
+            mean_term = (mean - self.target_mean.to(mean.dtype)).square().sum(-1)
+            distance = mean_term + cov_trace + self.target_trace.to(mean.dtype) - 2 * cross
+            return (distance / channels).mean()
+
+    def _small_side(
+        self, centred: torch.Tensor, weights: torch.Tensor | None, ratio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tr(X) and the cross term from G (C x P) and the style's spectrum (P + k < C)."""
+        factor = _covariance_factor(centred, weights, ratio)
+        spectrum = StyleSpectrum(
+            *(getattr(self, f"target_{name}").to(factor.dtype) for name in StyleSpectrum._fields)
+        )
+        cross = cross_trace_small(factor, spectrum, self.ridge, self.num_iters)
+        return factor.square().sum(dim=(-2, -1)) + self.ridge * centred.shape[1], cross
+
+    def _large_side(
+        self, centred: torch.Tensor, weights: torch.Tensor | None, ratio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tr(X) and the cross term from the C x C covariance X and S^1/2."""
+        covariance = _weighted_outer(centred, centred, weights, ratio)
+        covariance = covariance + self.ridge_eye.to(centred.dtype)
+        sqrt = self.target_cov_sqrt.to(centred.dtype)
+        return _trace(covariance), cross_trace_large(covariance, sqrt, self.num_iters)
 
 
 class StyleStatistic(Protocol):
@@ -319,7 +373,7 @@ class W2Statistic:
 
     name: ClassVar[str] = "w2"
     ridge: float = DEFAULT_RIDGE
-    num_iters: int = DEFAULT_NS_ITERATIONS
+    num_iters: int = ROOT_TRACE_ITERATIONS
 
     def measure(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> FeatureMoments:
         return feature_moments(features.detach().double(), mask)
