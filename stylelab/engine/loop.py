@@ -301,7 +301,8 @@ class RunState:
         if previous is None:
             image = plan.start_image(content, styles)
         else:
-            image = upsample(previous.output_image(plan.optim.keep), tuple(content.shape[-2:]))
+            size = (content.shape[-2], content.shape[-1])
+            image = upsample(previous.output_image(plan.optim.keep), size)
         self.synth = plan.synthesizer(stage, image, previous)
         self.stage_index = index
         if resume is not None:
