@@ -42,8 +42,11 @@ class BatchJob:
     key: tuple = ()  # jobs with equal keys can share a batch (set by whoever groups them)
 
     def run(self) -> Result:
-        """This job alone."""
-        return self.synthesis.run(self.observers, self.should_stop, self.resume)
+        """This job alone: `run_batch` of one; raises the exception that ended it."""
+        (outcome,) = run_batch([self])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
 
 def shared_encoder(encoders: Sequence[VGGFeatures]) -> VGGFeatures:

@@ -185,12 +185,9 @@ class Synthesis:
     ) -> Result:
         """Run every stage (from `resume`, a `RunState.state_dict()`, if given) as a batch of
         one; stops early, with a checkpoint, once `should_stop()` is true between two steps."""
-        from stylelab.engine.batch import BatchJob, run_batch  # batch imports this module
+        from stylelab.engine.batch import BatchJob  # batch imports this module
 
-        (outcome,) = run_batch([BatchJob(self, observers, should_stop, resume)])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+        return BatchJob(self, observers, should_stop, resume).run()
 
     def stage_targets(self, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Set the objective's targets for a stage of `size`; returns the stage's content as
