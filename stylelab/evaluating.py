@@ -14,7 +14,7 @@ from PIL import Image
 from stylelab.config import Config
 from stylelab.engine.evaluation import EVAL_PROTOCOL, Evaluator
 from stylelab.engine.images import open_image, pil_to_tensor, resize_long_side, tensor_to_uint8
-from stylelab.engine.loop import Observer, Row, Synthesis
+from stylelab.engine.loop import Observer, Row, RunState
 from stylelab.engine.schedule import Stage
 from stylelab.errors import first_line
 from stylelab.factory import SourceImages, StageMasks, load_vgg
@@ -77,21 +77,19 @@ class EvalRecorder(Observer):
 
     def __init__(self, every: int, evaluator: Callable[[], Evaluator], folder: RunFolder):
         self.every, self.evaluator, self.folder = every, evaluator, folder
-        self.synthesis: Synthesis | None = None
+        self.run: RunState | None = None
         self.pending: dict[int, Metrics] = {}
         self.failed = False
 
-    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
-        self.synthesis = synthesis
+    def on_stage(self, run: RunState, stage: Stage) -> None:
+        self.run = run
 
     def on_losses(self, rows: list[Row]) -> None:
         first, last = int(rows[0]["step"]), int(rows[-1]["step"])
-        if self.failed or self.synthesis is None or (last + 1) // self.every <= first // self.every:
+        if self.failed or self.run is None or (last + 1) // self.every <= first // self.every:
             return
-        synth = self.synthesis.synth
-        assert synth is not None
         try:
-            metrics = self.evaluator()(as_saved(self.synthesis.presented(synth.display_image)))
+            metrics = self.evaluator()(as_saved(self.run.presented(self.run.current.display_image)))
         except Exception as error:
             self.failed = True
             log.warning(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from stylelab.engine.images import tensor_to_uint8
-from stylelab.engine.loop import Observer, Result, Row, Synthesis
+from stylelab.engine.loop import Observer, Result, Row, RunState
 from stylelab.engine.observers import ROW_FIELDS
 from stylelab.outputs import FINAL_IMAGE, RunFolder
 from stylelab.run_folder import Status
@@ -32,12 +32,12 @@ class RunFolderRecorder(Observer):
     def on_checkpoint(self, state: dict[str, Any]) -> None:
         self.folder.save_checkpoint({**state, **self.extra})
 
-    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+    def on_end(self, run: RunState, result: Result) -> None:
         self.final = tensor_to_uint8(result.image)
         self.folder.save_image(FINAL_IMAGE, self.final)
         if result.status == Status.FINISHED:
             self.folder.write_gif(self.final, self.seconds_per_frame)
-            self.on_checkpoint(synthesis.state_dict(with_optimizer=False))
+            self.on_checkpoint(run.state_dict(with_optimizer=False))
 
 
 class TrackerRecorder(Observer):

@@ -6,9 +6,10 @@ union of the jobs' layers. The gradient of the sum of the jobs' totals with resp
 is the gradient of job k's total alone, so each job takes the steps it takes when run by itself
 (up to the float rounding of a batched convolution).
 
-`run_batch` drives the jobs in lockstep. A job that fails (a non-finite loss, an observer's
-error) or ends early leaves the batch and the others go on; out of memory splits the batch in
-half and retries each half from where it stopped.
+`run_batch` is the one stage loop: it drives the jobs in lockstep, and a single run is a batch
+of one (`Synthesis.run`), which steps through its own `Synthesizer.step`. A job that fails (a
+non-finite loss, an observer's error) or ends early leaves the batch and the others go on; out of
+memory splits the batch in half and retries each half from where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.features import VGGFeatures
-from stylelab.engine.loop import Observer, Result, Synthesis, _Run
+from stylelab.engine.loop import Observer, Result, RunState, Synthesis
 from stylelab.engine.synthesis import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ class BatchJob:
     key: tuple = ()  # jobs with equal keys can share a batch (set by whoever groups them)
 
     def run(self) -> Result:
-        """This job alone."""
-        return self.synthesis.run(self.observers, self.should_stop, self.resume)
+        """This job alone: `run_batch` of one; raises the exception that ended it."""
+        (outcome,) = run_batch([self])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
 
 def shared_encoder(encoders: Sequence[VGGFeatures]) -> VGGFeatures:
@@ -124,38 +128,61 @@ class BatchedStep:
         return [s.record(row) for s, row in zip(self.synths, values.split(self.sizes), strict=True)]
 
 
+class _Alone:
+    """A batch of one job: its own `Synthesizer.step`, the path of a single run, bit for bit."""
+
+    def __init__(self, synth: Synthesizer):
+        self.synth = synth
+
+    @property
+    def step_path(self) -> StepPath:
+        return self.synth.step_path
+
+    def __call__(self) -> list[dict[str, torch.Tensor]]:
+        return [self.synth.step()]
+
+
+def stepper(synths: Sequence[Synthesizer], cuda_graph: bool | None) -> _Alone | BatchedStep:
+    """What steps `synths` together: one alone steps through its own `Synthesizer.step` (whose
+    CUDA graph follows its `optim.cuda_graph`), several through one `BatchedStep`."""
+    if len(synths) == 1:
+        return _Alone(synths[0])
+    return BatchedStep(synths, shared_encoder([s.loss.encoder for s in synths]), cuda_graph)
+
+
 class _Member:
-    """A job's place in `run_batch`: its run bookkeeping and, once known, its outcome."""
+    """A job's place in `run_batch`: its run and, once known, its outcome."""
 
     def __init__(self, job: BatchJob):
         self.job = job
-        self.run = _Run(job.synthesis, list(job.observers))
-        self.stage = int(job.resume.get("stage", 0)) - 1 if job.resume else -1  # last entered
-        self.entered = False
+        self.run: RunState = job.synthesis.start(job.observers)
         self.outcome: Outcome | None = None
 
     @property
-    def start_step(self) -> int:
-        return int(self.job.resume["synthesis"]["step"]) if self.job.resume else 0
+    def start(self) -> tuple[int, int]:
+        """The stage and global step it starts from."""
+        resume = self.job.resume
+        return (int(resume.get("stage", 0)), int(resume["synthesis"]["step"])) if resume else (0, 0)
 
     def fail(self, error: BaseException) -> None:
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise error
         self.outcome = error
 
-    def advance(self, stages: int) -> None:
+    def advance(self) -> None:
         """Enter the first (or checkpoint's) stage, the next one, or end the finished job."""
-        if self.entered and (
-            self.stage + 1 >= stages or self.job.synthesis.stop_reason is not None
-        ):
-            self.outcome = self.run.end("finished")
+        run = self.run
+        if run.synth is None:
+            index, resume = self.start[0], self.job.resume
+        elif run.stage_index + 1 < len(run.synthesis.stages) and run.stop_reason is None:
+            index, resume = run.stage_index + 1, None
+        else:
+            self.outcome = run.end("finished")
             return
         try:
-            self.run.start_stage(self.stage + 1, None if self.entered else self.job.resume)
+            run.start_stage(index, resume)
         except Exception as error:
             self.fail(error)
-            return
-        self.stage, self.entered = self.stage + 1, True
 
 
 def run_batch(jobs: Sequence[BatchJob], cuda_graph: bool | None = None) -> list[Outcome]:
@@ -163,10 +190,10 @@ def run_batch(jobs: Sequence[BatchJob], cuda_graph: bool | None = None) -> list[
 
     The jobs must have the same stages (sizes and steps), image shapes, device and precision,
     and one VGG (see `shared_encoder`); resumed jobs must resume from the same step.
+    `cuda_graph` overrides the jobs' `optim.cuda_graph` for batches of more than one.
     """
     members = [_Member(job) for job in jobs]
-    starts = {(m.stage, m.start_step) for m in members}
-    if len(starts) > 1:
+    if len({m.start for m in members}) > 1:
         raise ValueError("resumed jobs of one batch must continue from the same step")
     _drive(members, cuda_graph)
     outcomes = [m.outcome for m in members]
@@ -196,17 +223,16 @@ def _drive(members: list[_Member], cuda_graph: bool | None) -> None:
 
 
 def _lockstep(members: list[_Member], cuda_graph: bool | None) -> None:
-    stages = members[0].job.synthesis.stages
+    """The stage loop: every job that has steps left in its stage steps once, together."""
     while active := [m for m in members if m.outcome is None]:
         for member in active:
-            if not member.entered or member.run.stage_done():
-                member.advance(len(stages))
+            if member.run.synth is None or member.run.stage_done():
+                member.advance()
         active = [m for m in active if m.outcome is None and not m.run.stage_done()]
         if not active:
             continue
-        encoder = shared_encoder([m.run.synth.loss.encoder for m in active])
         enabled = active[0].job.synthesis.optim.cuda_graph if cuda_graph is None else cuda_graph
-        step = BatchedStep([m.run.synth for m in active], encoder, enabled)
+        step = stepper([m.run.current for m in active], enabled)
         for member in active:  # each job's result records how its batches ran
             member.run.use_step(step)
         while active and not any(m.outcome is not None or m.run.stage_done() for m in active):

@@ -1,8 +1,11 @@
-"""The engine's loop: the stages of a schedule, one `Synthesizer` each, reported to observers.
+"""A synthesis and its runs: the plan (`Synthesis`) and the state of one run of it (`RunState`).
 
-Observers receive the stage changes, frames, loss rows (read back from the device every
-`flush_every` steps, never per step), non-finite losses, checkpoints and the end. The run folder,
-the tracker, the progress bar and the NaN guard are observers; the loop knows none of them.
+A run goes through the stages of a schedule, one `Synthesizer` each. Its loop is
+`stylelab.engine.batch.run_batch`, for one job (`Synthesis.run`) or several in lockstep.
+Observers receive the run's state at each stage change and at the end, and the frames, loss rows
+(read back from the device every `flush_every` steps, never per step), non-finite losses and
+checkpoints. The run folder, the tracker, the progress bar and the NaN guard are observers; the
+loop knows none of them.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Result:
 class Observer:
     """Receives what the loop does; every method is optional."""
 
-    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+    def on_stage(self, run: RunState, stage: Stage) -> None:
         """A stage begins (also the first, and the one a resumed run continues)."""
 
     def on_frame(self, step: int, image: np.ndarray) -> None:
@@ -110,7 +113,7 @@ class Observer:
     def on_checkpoint(self, state: dict[str, Any]) -> None:
         """The full state after every row so far was given to `on_losses`."""
 
-    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+    def on_end(self, run: RunState, result: Result) -> None:
         """The run finished or was stopped."""
 
 
@@ -142,7 +145,9 @@ class LossBuffer:
 
 @dataclass
 class Synthesis:
-    """An objective, the images it is built from per stage, a schedule and optimiser settings.
+    """The plan of a synthesis: an objective, the images it is built from per stage, a schedule
+    and optimiser settings. It holds no run's state: each run starts a fresh `RunState`, so a
+    plan runs again with the same result.
 
     Optional hooks: `prepare` turns each stage's images into what the objective sees (colour
     matching, luminance only), `stage_masks` gives the styles' spatial masks per stage, and
@@ -157,26 +162,20 @@ class Synthesis:
     optim: OptimSettings = field(default_factory=OptimSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     blend: Sequence[float] | None = None
-    synth: Synthesizer | None = None  # the current stage's
-    stage_index: int = 0
     prepare: Prepare | None = None
     present: Present | None = None
     stage_masks: StageMasks | None = None
-    stage_content: torch.Tensor | None = None  # the current stage's content, before `prepare`
-    stop_reason: str | None = None  # set by `finish_early`
-
-    def finish_early(self, reason: str) -> None:
-        """Called by an observer: end the run (in its last stage) after the current step."""
-        if self.stage_index == len(self.stages) - 1:
-            self.stop_reason = reason
+    # The latest run's state (`start`), for inspection; the plan itself never reads it.
+    state: RunState | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def total_steps(self) -> int:
         return self.stages[-1].end
 
-    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
-        assert self.synth is not None
-        return {"stage": self.stage_index, "synthesis": self.synth.state_dict(with_optimizer)}
+    def start(self, observers: Sequence[Observer] = ()) -> RunState:
+        """A fresh run of this plan, reporting to `observers` (also kept as `state`)."""
+        self.state = RunState(self, observers)
+        return self.state
 
     def run(
         self,
@@ -184,143 +183,187 @@ class Synthesis:
         should_stop: Callable[[], bool] = lambda: False,
         resume: dict[str, Any] | None = None,
     ) -> Result:
-        """Run every stage (from `resume`, a `state_dict()`, if given); stops early, with a
-        checkpoint, once `should_stop()` is true between two steps."""
-        run = _Run(self, list(observers))
-        first = int(resume.get("stage", 0)) if resume else 0
-        for index in range(first, len(self.stages)):
-            run.start_stage(index, resume if index == first else None)
-            run.use_step(self.synth)  # type: ignore[arg-type]
-            while not run.stage_done():
-                run.before_step()
-                terms = self.synth.step()  # type: ignore[union-attr]
-                if not run.after_step(terms, should_stop()):
-                    return run.end("interrupted")
-        return run.end("finished")
+        """Run every stage (from `resume`, a `RunState.state_dict()`, if given) as a batch of
+        one; stops early, with a checkpoint, once `should_stop()` is true between two steps."""
+        from stylelab.engine.batch import BatchJob  # batch imports this module
 
-    def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
-        """Set the targets and make the Synthesizer of stage `index` (the current one)."""
-        stage, previous = self.stages[index], self.synth
-        content, styles = self.set_stage_targets(stage.size)
-        if previous is None:
-            image = self.start_image(content, styles)
-        else:
-            image = upsample(previous.output_image(self.optim.keep), tuple(content.shape[-2:]))
+        return BatchJob(self, observers, should_stop, resume).run()
+
+    def stage_targets(self, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Set the objective's targets for a stage of `size`; returns the stage's content as
+        `stage_images` gives it, and the content and styles after `prepare`."""
+        raw, styles = self.stage_images(size)
+        content, styles = self.prepare(raw, styles) if self.prepare is not None else (raw, styles)
+        masks, style_masks = (
+            self.stage_masks(content, styles) if self.stage_masks is not None else (None, None)
+        )
+        self.objective.set_targets(content, styles, self.blend, masks, style_masks)
+        return raw, content, styles
+
+    def synthesizer(
+        self, stage: Stage, image: torch.Tensor, previous: Synthesizer | None
+    ) -> Synthesizer:
+        """The `Synthesizer` of `stage`, from `image` (`previous`: the stage before's)."""
         o = self.optim
-        self.synth = Synthesizer(
+        return Synthesizer(
             self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,
             o.history_dtype, line_search=o.line_search, ema=o.ema, first_step=stage.first_step,
             previous=previous, batch_invariant=o.batch_invariant,
         )  # fmt: skip
+
+    # Stepping by hand (tests, benchmarks): stage 0 starts a fresh run state, later ones go on.
+
+    def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
+        """`RunState.enter_stage` of the latest run (a fresh one for stage 0)."""
+        state = self.state if self.state is not None and index > 0 else self.start()
+        return state.enter_stage(index, resume)
+
+    def set_stage_targets(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`RunState.set_stage_targets` of the latest run (a fresh one if none)."""
+        return (self.state or self.start()).set_stage_targets(size)
+
+    @property
+    def synth(self) -> Synthesizer | None:
+        """The latest run's current `Synthesizer`."""
+        return self.state.synth if self.state is not None else None
+
+    @property
+    def stage_content(self) -> torch.Tensor | None:
+        """The latest run's current stage's content, before `prepare`."""
+        return self.state.stage_content if self.state is not None else None
+
+
+class RunState:
+    """One run of a `Synthesis`: its current stage and `Synthesizer`, the loss rows not yet read
+    back, the last row, why it ends early, how its steps ran, and its observers.
+
+    Observers receive it (`on_stage`, `on_end`) and may call `finish_early`. The loop
+    (`stylelab.engine.batch.run_batch`) calls `start_stage`, `use_step`, `before_step`,
+    `after_step` and `end`.
+    """
+
+    def __init__(self, synthesis: Synthesis, observers: Sequence[Observer] = ()):
+        self.synthesis = synthesis
+        self.observers = list(observers)
+        self.stage_index = 0  # the current stage's (once `synth` is set)
+        self.synth: Synthesizer | None = None  # the current stage's
+        self.stage_content: torch.Tensor | None = None  # the current stage's, before `prepare`
+        self.stop_reason: str | None = None  # set by `finish_early`
+        self.buffer = LossBuffer()
+        self.last_row: Row = {}
+        self.started = time.perf_counter()
+        self.first_step: int | None = None  # the global step this run started at
+        self.stepper: Any = None  # what runs the steps now (a `step_path`), see `use_step`
+        self.step_from = 0  # the global step it took over at
+        self.paths: list[StepPath] = []  # of the step functions that ran steps before it
+
+    @property
+    def stage(self) -> Stage:
+        return self.synthesis.stages[self.stage_index]
+
+    @property
+    def step(self) -> int:
+        """Global steps done."""
+        return self.current.step_count
+
+    @property
+    def total_steps(self) -> int:
+        return self.synthesis.total_steps
+
+    @property
+    def current(self) -> Synthesizer:
+        """`synth`, once a stage was entered."""
+        assert self.synth is not None, "no stage entered yet"
+        return self.synth
+
+    def finish_early(self, reason: str) -> None:
+        """Called by an observer: end the run (in its last stage) after the current step."""
+        if self.stage_index == len(self.synthesis.stages) - 1:
+            self.stop_reason = reason
+
+    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
+        return {"stage": self.stage_index, "synthesis": self.current.state_dict(with_optimizer)}
+
+    def set_stage_targets(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Set the objective's targets for a stage of `size`; returns its prepared images."""
+        self.stage_content, content, styles = self.synthesis.stage_targets(size)
+        return content, styles
+
+    def enter_stage(self, index: int, resume: dict[str, Any] | None = None) -> Synthesizer:
+        """Set the targets and make the Synthesizer of stage `index` (the current one), from
+        the start image or the previous stage's output, or from `resume`."""
+        plan, previous = self.synthesis, self.synth
+        stage = plan.stages[index]
+        content, styles = self.set_stage_targets(stage.size)
+        if previous is None:
+            image = plan.start_image(content, styles)
+        else:
+            size = (content.shape[-2], content.shape[-1])
+            image = upsample(previous.output_image(plan.optim.keep), size)
+        self.synth = plan.synthesizer(stage, image, previous)
         self.stage_index = index
         if resume is not None:
             self.synth.load_state_dict(resume["synthesis"])
         return self.synth
 
-    def stage_inputs(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The content and styles the objective sees at `size` (after `prepare`)."""
-        content, styles = self.stage_images(size)
-        self.stage_content = content
-        return self.prepare(content, styles) if self.prepare is not None else (content, styles)
-
-    def set_stage_targets(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Set the objective's targets for a stage of `size`; returns its prepared images."""
-        content, styles = self.stage_inputs(size)
-        masks, style_masks = (
-            self.stage_masks(content, styles) if self.stage_masks is not None else (None, None)
-        )
-        self.objective.set_targets(content, styles, self.blend, masks, style_masks)
-        return content, styles
-
     def presented(self, image: torch.Tensor) -> torch.Tensor:
         """`image` as frames and the result show it (through `present`, if set)."""
-        if self.present is None or self.stage_content is None:
+        if self.synthesis.present is None or self.stage_content is None:
             return image
-        return self.present(image, self.stage_content)
-
-
-class _Run:
-    """The bookkeeping of one `Synthesis.run`: buffer, flushes, checkpoints, timing."""
-
-    def __init__(self, synthesis: Synthesis, observers: list[Observer]):
-        self.synthesis, self.observers = synthesis, observers
-        self.buffer = LossBuffer()
-        self.last_row: Row = {}
-        self.started = time.perf_counter()
-        self.first_step: int | None = None
-        self.step: Any = None  # what runs the steps now (a `step_path`), see `use_step`
-        self.step_from = 0  # the global step it took over at
-        self.paths: list[StepPath] = []  # of the step functions that ran steps before it
+        return self.synthesis.present(image, self.stage_content)
 
     def notify(self, method: str, *args: Any) -> None:
         for observer in self.observers:
             getattr(observer, method)(*args)
 
-    @property
-    def synth(self) -> Synthesizer:
-        assert self.synthesis.synth is not None
-        return self.synthesis.synth
-
-    @property
-    def current_stage(self) -> Stage:
-        return self.synthesis.stages[self.synthesis.stage_index]
-
     def start_stage(self, index: int, resume: dict[str, Any] | None = None) -> None:
-        """Enter stage `index` (from `resume`, a `Synthesis.state_dict()`, if given)."""
-        self.synthesis.enter_stage(index, resume)
+        """Enter stage `index` (from `resume`, a `state_dict()`, if given) and tell observers."""
+        self.enter_stage(index, resume)
         if self.first_step is None:
-            self.first_step = self.synth.step_count
-        self.notify("on_stage", self.synthesis, self.current_stage)
+            self.first_step = self.step
+        self.notify("on_stage", self, self.stage)
 
-    def use_step(self, step: Any) -> None:
-        """The next steps run through `step` (a Synthesizer or a batch: anything with a
-        `step_path`); the result records how each one that ran steps ran."""
+    def use_step(self, stepper: Any) -> None:
+        """The next steps run through `stepper` (anything with a `step_path`); the result
+        records how each one that ran steps ran."""
         self.paths = self.step_paths()
-        self.step, self.step_from = step, self.synth.step_count
+        self.stepper, self.step_from = stepper, self.step
 
     def step_paths(self) -> list[StepPath]:
         """The paths of the step functions that ran steps so far (a batch that ran out of
         memory before its first step, a stage of no steps: none)."""
-        ran = self.step is not None and self.synth.step_count > self.step_from
-        return [*self.paths, *([self.step.step_path] if ran else [])]
+        ran = self.stepper is not None and self.step > self.step_from
+        return [*self.paths, *([self.stepper.step_path] if ran else [])]
 
     def stage_done(self) -> bool:
         """The current stage's steps are done, or an observer ended the run early."""
-        return (
-            self.synth.step_count >= self.current_stage.end
-            or self.synthesis.stop_reason is not None
-        )
+        return self.step >= self.stage.end or self.stop_reason is not None
 
     def before_step(self) -> None:
         """A frame, every `image_every` steps."""
-        step, synthesis = self.synth.step_count, self.synthesis
-        if step % (synthesis.loop.image_every or frame_interval(synthesis.total_steps)) == 0:
-            frame = self.synthesis.presented(self.synth.display_image)
+        step = self.step
+        if step % (self.synthesis.loop.image_every or frame_interval(self.total_steps)) == 0:
+            frame = self.presented(self.current.display_image)
             self.notify("on_frame", step, tensor_to_uint8(frame))
 
     def after_step(self, terms: dict[str, torch.Tensor], stop: bool) -> bool:
         """Buffer the step's `terms`, flush and checkpoint when due; with `stop` (decided by the
         caller: a batch decides once for all its jobs) checkpoint and return False. Observers'
         errors (a non-finite loss) propagate."""
-        loop, synth, stage = self.synthesis.loop, self.synth, self.current_stage
-        self.buffer.add(synth.step_count - 1, terms)
-        if synth.step_count % loop.flush_every == 0 or synth.step_count == stage.end or stop:
+        loop, step, stage = self.synthesis.loop, self.step, self.stage
+        self.buffer.add(step - 1, terms)
+        if step % loop.flush_every == 0 or step == stage.end or stop:
             self.flush(stage)
         if stop:
-            self.notify("on_checkpoint", self.synthesis.state_dict())
+            self.notify("on_checkpoint", self.state_dict())
             return False
-        if loop.checkpoint_every and synth.step_count % loop.checkpoint_every == 0:
-            self.notify("on_checkpoint", self.synthesis.state_dict())
+        if loop.checkpoint_every and step % loop.checkpoint_every == 0:
+            self.notify("on_checkpoint", self.state_dict())
         return True
 
     def flush(self, stage: Stage) -> None:
         rows = [
-            {
-                "step": row.pop("step"),
-                "stage": self.synthesis.stage_index,
-                "size": stage.size,
-                **row,
-            }
+            {"step": row.pop("step"), "stage": self.stage_index, "size": stage.size, **row}
             for row in self.buffer.flush()
         ]
         bad = next((i for i, row in enumerate(rows) if not math.isfinite(evaluated(row))), None)
@@ -332,22 +375,19 @@ class _Run:
             self.notify("on_nonfinite", rows[bad])
 
     def end(self, status: str) -> Result:
-        synthesis = self.synthesis
-        synth = synthesis.synth
-        assert synth is not None
-        stage = synthesis.stages[synthesis.stage_index]
+        synth, stage = self.current, self.stage
         best_index, best_total = int(synth.best.index), float(synth.best.total)
         result = Result(
             status=status,
             step=synth.step_count,
-            image=synthesis.presented(synth.output_image(synthesis.optim.keep)),
+            image=self.presented(synth.output_image(self.synthesis.optim.keep)),
             last_row=self.last_row,
             best_step=stage.first_step + best_index if best_index >= 0 else None,
             best_total=best_total,
             evaluations=synth.step_count - (self.first_step or 0),
             seconds=time.perf_counter() - self.started,
-            stopped_early=synthesis.stop_reason,
+            stopped_early=self.stop_reason,
             step_path=combined(self.step_paths()),
         )
-        self.notify("on_end", synthesis, result)
+        self.notify("on_end", self, result)
         return result

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from stylelab.engine.loop import Observer, Result, Row, Synthesis, evaluated
+from stylelab.engine.loop import Observer, Result, Row, RunState, evaluated
 from stylelab.engine.schedule import Stage
 from stylelab.errors import DivergenceError
 
@@ -23,16 +23,15 @@ class ProgressBar(Observer):
         self.bar: tqdm | None = None
         self.description = description
 
-    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
+    def on_stage(self, run: RunState, stage: Stage) -> None:
         if self.bar is None:
-            assert synthesis.synth is not None
             self.bar = tqdm(
-                total=synthesis.total_steps, initial=synthesis.synth.step_count, desc=self.description,
+                total=run.total_steps, initial=run.step, desc=self.description,
                 unit="step", dynamic_ncols=True, file=sys.stderr, disable=None,
             )  # fmt: skip
-        if len(synthesis.stages) > 1:
+        if len(run.synthesis.stages) > 1:
             self.bar.set_description(
-                f"{self.description}: stage {synthesis.stage_index + 1}, {stage.size} px"
+                f"{self.description}: stage {run.stage_index + 1}, {stage.size} px"
             )
 
     def on_losses(self, rows: list[Row]) -> None:
@@ -43,7 +42,7 @@ class ProgressBar(Observer):
         kinds = [key for key in last if "/" not in key and key not in ROW_FIELDS]
         self.bar.set_postfix({key: f"{last[key]:.4g}" for key in kinds}, refresh=False)
 
-    def on_end(self, synthesis: Synthesis, result: Result) -> None:
+    def on_end(self, run: RunState, result: Result) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -58,23 +57,22 @@ class NonFiniteGuard(Observer):
 
     def __init__(self, save: Callable[[torch.Tensor], Path]):
         self.save = save
-        self.synthesis: Synthesis | None = None
+        self.run: RunState | None = None
         self.last_finite: torch.Tensor | None = None
 
-    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
-        assert synthesis.synth is not None
-        self.synthesis = synthesis
-        self.last_finite = synthesis.synth.display_image.detach().clone()
+    def on_stage(self, run: RunState, stage: Stage) -> None:
+        self.run = run
+        self.last_finite = run.current.display_image.detach().clone()
 
     def on_losses(self, rows: list[Row]) -> None:
-        synth = self.synthesis.synth if self.synthesis is not None else None
+        synth = self.run.synth if self.run is not None else None
         # The image now is finite-born only if every evaluation so far had a finite loss.
         if synth is not None and rows[-1]["step"] == synth.step_count - 1:
             self.last_finite = synth.display_image.detach().clone()
 
     def on_nonfinite(self, row: Row) -> None:
-        assert self.last_finite is not None and self.synthesis is not None
-        path = self.save(self.synthesis.presented(self.last_finite))
+        assert self.last_finite is not None and self.run is not None
+        path = self.save(self.run.presented(self.last_finite))
         raise DivergenceError(
             f"the loss became {evaluated(row)} at step {row['step']}: the last finite image is in "
             f"{path}; lower optim.lr or the loss weights, or use precision=fp32"
@@ -87,11 +85,11 @@ class ConvergenceStop(Observer):
 
     def __init__(self, tolerance: float, window: int):
         self.tolerance, self.window = tolerance, window
-        self.synthesis: Synthesis | None = None
+        self.run: RunState | None = None
         self.best: list[tuple[int, float]] = []  # (step, best total so far) in the last stage
 
-    def on_stage(self, synthesis: Synthesis, stage: Stage) -> None:
-        self.synthesis, self.best = synthesis, []
+    def on_stage(self, run: RunState, stage: Stage) -> None:
+        self.run, self.best = run, []
 
     def on_losses(self, rows: list[Row]) -> None:
         for row in rows:
@@ -99,11 +97,11 @@ class ConvergenceStop(Observer):
             self.best.append((int(row["step"]), best))
         step, now = self.best[-1]
         earlier = [value for s, value in self.best if s <= step - self.window]
-        if not earlier or self.synthesis is None:
+        if not earlier or self.run is None:
             return
         change = (earlier[-1] - now) / max(abs(earlier[-1]), 1e-30)
         if change < self.tolerance:
-            self.synthesis.finish_early(
+            self.run.finish_early(
                 f"converged: the best total fell by {change:.2%} over the last {self.window} "
                 f"evaluations (optim.tolerance={self.tolerance:g})"
             )
