@@ -11,7 +11,7 @@ import logging
 import resource
 import time
 from collections.abc import Generator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressB
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.evaluating import EvalRecorder, build_evaluator, evaluate_saved
-from stylelab.factory import Built, build_synthesis, vgg_key
+from stylelab.factory import Built, Shared, build_synthesis, vgg_key
 from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
@@ -38,7 +38,19 @@ from stylelab.tracking import RunInfo, Tracker
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-progress_bars = True  # one per run (the batching launcher shows one per batch instead)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a launcher runs its jobs, given to each: with a progress bar of its own (a batching
+    launcher shows one per batch instead) and what the sweep's jobs share (`factory.Shared`:
+    VGGs, decoded and resized inputs; None: the job loads its own)."""
+
+    progress_bar: bool = True
+    shared: Shared | None = None
+
+
+ALONE = Launch()  # a run on its own
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -78,7 +90,7 @@ def drive(job: JobSteps[T]) -> T:
 
 
 def run_synthesis(
-    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo, launch: Launch = ALONE
 ) -> dict[str, Any]:
     """Run one synthesis into `run_dir`, reporting to `tracker`; returns the summary.
 
@@ -88,14 +100,20 @@ def run_synthesis(
     launcher that stops before the synthesis runs throws it `NotStarted`: the summary of a new
     run then says "not started" (a later run may use the folder afresh).
     """
-    return drive(synthesis_steps(cfg, run_dir, tracker, info))
+    return drive(synthesis_steps(cfg, run_dir, tracker, info, launch))
 
 
 def synthesis_steps(
-    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+    cfg: Config,
+    run_dir: str | Path,
+    tracker: Tracker,
+    info: RunInfo,
+    launch: Launch = ALONE,
+    checked: bool = False,
 ) -> JobSteps[dict[str, Any]]:
     """`run_synthesis` in steps (see `JobSteps`): everything before the synthesis runs, then,
-    with its result, everything after. The batching launcher runs many of these in one batch."""
+    with its result, everything after. The batching launcher runs many of these in one batch.
+    `checked`: `cfg` already passed `config.validate` (the CLI's preflight), not run again."""
     folder = RunFolder(run_dir)
     checkpoint = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and checkpoint is None:
@@ -113,11 +131,12 @@ def synthesis_steps(
         tracker.start(info)
         started = time.perf_counter()
         try:
-            validate(cfg)
+            if not checked:
+                validate(cfg)
             try:
                 return (
                     yield from _synthesize(
-                        cfg, folder, tracker, checkpoint, received, run_id, known
+                        cfg, folder, tracker, checkpoint, received, run_id, known, launch
                     )
                 )
             except torch.OutOfMemoryError:
@@ -156,8 +175,9 @@ def _synthesize(
     received: list[int],
     run_id: str | None,
     known: dict[str, Any],
+    launch: Launch,
 ) -> JobSteps[dict[str, Any]]:
-    built = build_synthesis(cfg)
+    built = build_synthesis(cfg, shared=launch.shared)
     synthesis = built.synthesis
     describe(built, cfg)
     content = built.images(synthesis.stages[-1].size)[0]
@@ -187,7 +207,7 @@ def _synthesize(
     tracked = TrackerRecorder(tracker, every.pop if every else None)
     observers = [guard, *([every] if every else []), tracked, recorder]
     observers.append(CheckpointLogger(tracker, folder))  # after the recorder saved it
-    if progress_bars:
+    if launch.progress_bar:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
         observers.append(ConvergenceStop(cfg.optim.tolerance, cfg.optim.window))
