@@ -196,9 +196,10 @@ def _synthesize(
         for (key, image), caption in zip(inputs.items(), captions, strict=True):
             folder.save_image(f"{key}.png", image)
             tracker.log_image(key, image, caption=caption)
-    recorder = RunFolderRecorder(
+    config = asdict(cfg)
+    recorder = RunFolderRecorder(  # the tracker's run id once known (its start may still run)
         folder,
-        {"run_id": run_id, "tracker_run_id": tracker.run_id, "config": asdict(cfg)},
+        lambda: {"run_id": run_id, "tracker_run_id": tracker.run_id, "config": config},
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))

@@ -8,11 +8,13 @@ jobs (`runner.Launch`) instead of flipping module globals.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
@@ -23,6 +25,7 @@ from hydra_plugins.stylelab_launchers.submitit_launchers import LocalLauncher
 from stylelab import preflight, runner
 from stylelab.engine.batch import BatchJob
 from stylelab.engine.observers import ProgressBar
+from stylelab.tracking import BackgroundTracker, NullTracker, RunInfo
 from tests.test_robustness import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +103,9 @@ def module_state(*modules: Any) -> dict[str, Any]:
     }
 
 
-def test_a_batched_launch_passes_its_settings_and_flips_no_global(tmp_path, monkeypatch) -> None:
+def test_a_batched_launch_composes_once_passes_its_settings_and_flips_no_global(
+    tmp_path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     before = module_state(runner, factory)
     seen: list[tuple[Any, dict, Any]] = []
@@ -112,6 +117,7 @@ def test_a_batched_launch_passes_its_settings_and_flips_no_global(tmp_path, monk
 
     monkeypatch.setattr(runner, "build_synthesis", spy)
     bars = counting(monkeypatch, ProgressBar, "__init__")
+    composed = counting(monkeypatch, ConfigLoaderImpl, "load_sweep_config")
     sweep = ["hydra/launcher=batched", "style_weight=1e3,1e4", f"hydra.sweep.dir={tmp_path}/s"]
     run_command(monkeypatch, "-m", *FAST, *sweep)
     assert all((tmp_path / f"s/{num}/final.png").is_file() for num in (0, 1))
@@ -119,6 +125,7 @@ def test_a_batched_launch_passes_its_settings_and_flips_no_global(tmp_path, monk
     assert isinstance(shared, factory.Shared) and other is shared  # passed, one per launch
     assert ambient is None and during == before == module_state(runner, factory)
     assert len(bars) == 1  # one bar for the batch, none per job
+    assert len(composed) == 2  # each job's config once (the sweeper's check, kept)
 
 
 class FakeHalves:
@@ -185,3 +192,38 @@ def test_no_production_module_uses_unittest_mock() -> None:
     for folder in ("stylelab", "hydra_plugins"):
         for path in (ROOT / folder).rglob("*.py"):
             assert "unittest" not in path.read_text(), path
+
+
+class SlowStart(NullTracker):
+    """A tracker whose start waits for `go` (as wandb.init does for its service)."""
+
+    starts_in_background = True
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.calls: list[str] = []
+
+    def start(self, info: RunInfo) -> None:
+        self.go.wait(timeout=30)
+        self.calls.append("start")
+        self.run_id = "run-1"
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.calls.append(f"metrics {step}")
+
+
+def test_a_tracker_that_may_start_in_the_background_does_not_block_the_job(tmp_path) -> None:
+    inner = SlowStart()
+    tracker = BackgroundTracker(inner)
+    tracker.start(RunInfo({}, tmp_path, "job"))  # returns before the inner start ended
+    tracker.log_metrics(0, {"loss": 1.0})
+    assert inner.calls == []
+    inner.go.set()
+    assert tracker.run_id == "run-1"  # waits for the start
+    tracker.finish(0, {})
+    assert inner.calls == ["start", "metrics 0"]
+    online = SlowStart()
+    online.starts_in_background = False  # e.g. W&B online: its start must see Ctrl-C
+    online.go.set()
+    BackgroundTracker(online).start(RunInfo({}, tmp_path, "job"))
+    assert online.calls == ["start"]

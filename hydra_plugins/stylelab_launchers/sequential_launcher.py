@@ -11,9 +11,11 @@ A sweep folder that already holds jobs is extended, never rewritten (`sweep_plan
 finished jobs with the same overrides are skipped, new ones get new numbers; a job whose folder
 holds an earlier run it cannot continue is refused before Hydra writes a file there.
 
-Hydra API: the public `Launcher` interface and `hydra.core.utils` (`run_job`, `setup_globals`,
-`configure_log`, `filter_overrides`). No private (`hydra._internal`) module is used by the
-stylelab launchers; `batch_jobs` says what `run_job` could not give.
+Each job's config is composed once (`composed_once`): the sweeper's check keeps it for the
+launcher. Hydra API: the public `Launcher` and `ConfigLoader` interfaces, `HydraContext` and
+`hydra.core.utils` (`run_job`, `setup_globals`, `configure_log`, `filter_overrides`). No private
+(`hydra._internal`) module is used by the stylelab launchers; `batch_jobs` says what `run_job`
+could not give.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.stylelab_launchers.composed_once import compose_once
 from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs, skipped_result
 from stylelab.callbacks import SweepJobs
 from stylelab.outputs import NOT_STARTED
@@ -56,6 +59,7 @@ class SequentialLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        compose_once(hydra_context)  # the sweeper's check composes each job: keep it for us
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
