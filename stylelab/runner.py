@@ -43,11 +43,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 @dataclass(frozen=True)
 class Launch:
     """How a launcher runs its jobs, given to each: with a progress bar of its own (a batching
-    launcher shows one per batch instead) and what the sweep's jobs share (`factory.Shared`:
-    VGGs, decoded and resized inputs; None: the job loads its own)."""
+    launcher shows one per batch instead), what the sweep's jobs share (`factory.Shared`:
+    VGGs, decoded and resized inputs; None: the job loads its own) and whether its tracker run
+    may still be starting when its synthesis is set up (`Tracker.start_soon`)."""
 
     progress_bar: bool = True
     shared: Shared | None = None
+    start_tracker_soon: bool = False
 
 
 ALONE = Launch()  # a run on its own
@@ -128,7 +130,7 @@ def synthesis_steps(
     known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
-        tracker.start(info)
+        (tracker.start_soon if launch.start_tracker_soon else tracker.start)(info)
         started = time.perf_counter()
         try:
             if not checked:

@@ -215,15 +215,19 @@ class SlowStart(NullTracker):
 def test_a_tracker_that_may_start_in_the_background_does_not_block_the_job(tmp_path) -> None:
     inner = SlowStart()
     tracker = BackgroundTracker(inner)
-    tracker.start(RunInfo({}, tmp_path, "job"))  # returns before the inner start ended
+    tracker.start_soon(RunInfo({}, tmp_path, "job"))  # returns before the inner start ended
     tracker.log_metrics(0, {"loss": 1.0})
     assert inner.calls == []
     inner.go.set()
     assert tracker.run_id == "run-1"  # waits for the start
     tracker.finish(0, {})
     assert inner.calls == ["start", "metrics 0"]
+    plain = SlowStart()
+    threading.Timer(0.2, plain.go.set).start()
+    BackgroundTracker(plain).start(RunInfo({}, tmp_path, "job"))  # a run on its own: waits
+    assert plain.calls == ["start"]
     online = SlowStart()
     online.starts_in_background = False  # e.g. W&B online: its start must see Ctrl-C
     online.go.set()
-    BackgroundTracker(online).start(RunInfo({}, tmp_path, "job"))
+    BackgroundTracker(online).start_soon(RunInfo({}, tmp_path, "job"))
     assert online.calls == ["start"]

@@ -8,8 +8,9 @@ hands each job its outcome (it writes its results, finishes its W&B run) and ret
 them: `hydra/launcher=batched` and packed SLURM tasks (`hydra.launcher.jobs_per_task`). After a
 stop signal no batch starts: `not_started` ends each of its jobs without a step (summary status
 "not started"; a re-run starts it afresh). The jobs of one `JobHalves` share one
-`stylelab.factory.Shared` (VGG, decoded inputs) and show no progress bar of their own
-(`announce` gives each batch one): both are passed to each job (`stylelab.runner.Launch`).
+`stylelab.factory.Shared` (VGG, decoded inputs), show no progress bar of their own (`announce`
+gives each batch one) and do not wait for their W&B runs to start (`Tracker.start_soon`): all
+passed to each job (`stylelab.runner.Launch`).
 
 Hydra's API used: `HydraConfig`, `JobRuntime`, `configure_log`, `env_override` and `JobReturn`
 (public modules, `hydra.core`). `hydra.core.utils.run_job` itself cannot be reused, since it runs
@@ -61,7 +62,8 @@ class JobHalves:
     ):
         self.hydra_context, self.sweep_config = hydra_context, sweep_config
         self.task_function = task_function
-        self.launch = Launch(progress_bar=False, shared=Shared())  # one bar per batch instead
+        # One bar per batch instead of one per job; W&B runs start while the batch is set up.
+        self.launch = Launch(progress_bar=False, shared=Shared(), start_tracker_soon=True)
 
     def open(self, config: DictConfig) -> Job:
         """Set the job of `config` (its sweep config, `hydra.job.num` and `id` set) up as

@@ -58,6 +58,11 @@ class Tracker:
     def start(self, info: RunInfo) -> None:
         """Open the run."""
 
+    def start_soon(self, info: RunInfo) -> None:
+        """Open the run, returning before it is open where the tracker can (a batch's jobs
+        need not wait for each other's W&B starts: `BackgroundTracker`)."""
+        self.start(info)
+
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One row of scalars at `step`, keyed by their logged names (`loss/total`, `stage`)."""
 
@@ -143,14 +148,19 @@ class BackgroundTracker(Tracker):
         return self.inner.run_id
 
     def start(self, info: RunInfo) -> None:
-        """Start `inner`: on the worker if it `starts_in_background` (the job goes on setting
-        up; what it logs meanwhile waits in the queue; a failure is raised by the next `flush`
-        or `finish`), else here."""
-        if self.inner.starts_in_background:
-            self.began.clear()
-            self.queue.put((self.start_run, (info,)))
-        else:
-            self.inner.start(info)
+        self.inner.start(info)
+        self.thread = threading.Thread(target=self._work, name="tracker", daemon=True)
+        self.thread.start()
+
+    def start_soon(self, info: RunInfo) -> None:
+        """Start `inner` on the worker if it `starts_in_background`: the job goes on setting
+        up, what it logs meanwhile waits in the queue, `run_id` waits for the start, and a
+        failed start is raised by the next `flush` or `finish`. Else as `start`."""
+        if not self.inner.starts_in_background:
+            self.start(info)
+            return
+        self.began.clear()
+        self.queue.put((self.start_run, (info,)))
         self.thread = threading.Thread(target=self._work, name="tracker", daemon=True)
         self.thread.start()
 
