@@ -322,10 +322,12 @@ def start_image(cfg: Config, device: torch.device, shared: Shared | None = None)
     """The first stage's starting image, from `init` (and `init_image`)."""
     init_source = None
     if cfg.init == "image":
+        source = cfg.init_image
+        assert source is not None  # config.validate: init=image needs init_image
         image = (
-            shared.source(cfg.init_image, cfg)
+            shared.source(source, cfg)
             if shared is not None
-            else load_source(cfg.init_image, cfg.cache_dir, cfg.max_input_pixels)
+            else load_source(source, cfg.cache_dir, cfg.max_input_pixels)
         )
         init_source = pil_to_tensor(image).to(device)
 

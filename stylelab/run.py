@@ -181,7 +181,7 @@ def job_steps(cfg: DictConfig, launch: Launch = ALONE) -> JobSteps[float | list[
         unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process
 
 
-def swept_keys(hydra_cfg: DictConfig, launch: Launch) -> list[str]:
+def swept_keys(hydra_cfg: Any, launch: Launch) -> list[str]:
     """The multirun's swept keys (read once per sweep when its jobs share a `Shared`)."""
     sweep_dir = str(hydra_cfg.sweep.dir)
     read = lambda: multirun_sweep_keys(sweep_dir, hydra_cfg.sweeper.get("params"))  # noqa: E731
