@@ -42,7 +42,6 @@ log = logging.getLogger("benchmarks.evaluation")
 
 
 def measure(device: str, size: int, steps: int, run_steps: int, repeats: int) -> dict[str, Any]:
-    runner.progress_bars = False
     with tempfile.TemporaryDirectory(prefix="stylelab-eval-bench-") as tmp:
         root = Path(tmp)
         for key, array in zip(("content", "style"), square_images(size), strict=True):
@@ -59,7 +58,8 @@ def measure(device: str, size: int, steps: int, run_steps: int, repeats: int) ->
         for name, count in (("warm-up", 1), ("run", steps)):
             run_dir, cfg.steps = root / name, count
             info = RunInfo(asdict(cfg), run_dir, "bench")
-            summary = runner.run_synthesis(cfg, run_dir, NullTracker(), info)
+            quiet = runner.Launch(progress_bar=False)
+            summary = runner.run_synthesis(cfg, run_dir, NullTracker(), info, quiet)
         step_seconds = summary["seconds"] / steps
         sources, vgg = SourceImages.load(cfg), load_vgg(cfg)
         device_obj = torch.device(summary["device"])

@@ -4,10 +4,12 @@ and optimiser settings, for the runner and the benchmarks alike."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +30,64 @@ from stylelab.engine.synthesis import default_precision, initial_image
 from stylelab.errors import ImageError, StyleLabError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Shared:
+    """What the jobs of one sweep share in one process: each VGG loaded once (per
+    `model.weights`, and seed for random weights), each input image decoded once and resized
+    once per size. A launcher that runs several jobs passes one to each of them
+    (`stylelab.runner.Launch`); a job without one loads its own."""
+
+    def __init__(self) -> None:
+        self.vggs: dict[tuple, torch.nn.Sequential] = {}
+        self.decoded: dict[tuple, Image.Image] = {}
+        self.resized: dict[tuple[int, int], tuple[Image.Image, Image.Image]] = {}
+        self.computed: dict[Hashable, Any] = {}
+
+    def once(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, computed once per `key` for the sweep (e.g. its swept keys)."""
+        if key not in self.computed:
+            self.computed[key] = make()
+        return self.computed[key]
+
+    def vgg(self, cfg: Config) -> torch.nn.Sequential:
+        key = vgg_key(cfg)[:2]
+        if key not in self.vggs:
+            self.vggs[key] = load_vgg19_features(cfg.model.weights, seed=cfg.seed)
+        return self.vggs[key]
+
+    def source(self, source: str, cfg: Config) -> Image.Image:
+        """The image of `source` (a path, URL or `skimage:` name) as `load_source` gives it."""
+        key = (source, str(cfg.cache_dir), cfg.max_input_pixels)
+        if key not in self.decoded:
+            self.decoded[key] = load_source(source, cfg.cache_dir, cfg.max_input_pixels)
+        return self.decoded[key]
+
+    def resize(self, image: Image.Image, side: int) -> Image.Image:
+        """`resize_long_side(image, side)`, once per decoded image and side."""
+        key = (id(image), side)  # the entry holds `image`: its id is not reused meanwhile
+        if key not in self.resized:
+            self.resized[key] = (image, resize_long_side(image, side))
+        return self.resized[key][1]
+
+
+_ambient: ContextVar[Shared | None] = ContextVar("stylelab_shared", default=None)
+
+
+@contextmanager
+def sharing_vgg() -> Iterator[Shared]:
+    """For scripts and tests: syntheses built within this block without a `shared` of their
+    own share one `Shared` (one VGG per weights, inputs decoded once). Launchers pass theirs."""
+    token = _ambient.set(_ambient.get() or Shared())
+    try:
+        yield _ambient.get()  # type: ignore[misc]
+    finally:
+        _ambient.reset(token)
+
+
+def shared_or_ambient(shared: Shared | None) -> Shared | None:
+    return shared if shared is not None else _ambient.get()
 
 
 @dataclass
@@ -38,17 +98,29 @@ class SourceImages:
     styles: list[Image.Image]
 
     @classmethod
-    def load(cls, cfg: Config) -> SourceImages:
-        load = lambda source: load_source(source, cfg.cache_dir, cfg.max_input_pixels)  # noqa: E731
+    def load(cls, cfg: Config, shared: Shared | None = None) -> SourceImages:
+        shared = shared_or_ambient(shared)
+        if shared is not None:
+            load = partial(shared.source, cfg=cfg)
+        else:
+            load = partial(load_source, cache_dir=cfg.cache_dir, max_pixels=cfg.max_input_pixels)
         return cls(load(cfg.pair.content), [load(source) for source in style_sources(cfg)])
 
 
 class StageImages:
-    """Content and styles resized for a stage, on the device (cached per size)."""
+    """Content and styles resized for a stage, on the device (cached per size; resized once
+    per sweep with a `Shared`)."""
 
-    def __init__(self, sources: SourceImages, cfg: Config, device: torch.device):
+    def __init__(
+        self,
+        sources: SourceImages,
+        cfg: Config,
+        device: torch.device,
+        shared: Shared | None = None,
+    ):
         self.sources, self.device = sources, device
         self.style_size, self.style_scale = cfg.style_size, cfg.style_scale
+        self.resize = shared.resize if shared is not None else resize_long_side
         self.cache: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def style_side(self, size: int) -> int:
@@ -56,9 +128,9 @@ class StageImages:
 
     def __call__(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if size not in self.cache:
-            content = pil_to_tensor(resize_long_side(self.sources.content, size))
+            content = pil_to_tensor(self.resize(self.sources.content, size))
             side = self.style_side(size)
-            styles = [pil_to_tensor(resize_long_side(s, side)) for s in self.sources.styles]
+            styles = [pil_to_tensor(self.resize(s, side)) for s in self.sources.styles]
             self.cache = {size: (content.to(self.device), [s.to(self.device) for s in styles])}
         return self.cache[size]
 
@@ -104,21 +176,6 @@ class StageMasks:
         return masks
 
 
-_shared_vgg: dict[tuple, torch.nn.Sequential] | None = None  # see `sharing_vgg`
-
-
-@contextmanager
-def sharing_vgg() -> Iterator[None]:
-    """Within this block, syntheses built with the same `model.weights` (and seed, for random
-    weights) share one loaded VGG: a batch of jobs loads it once and runs it once per step."""
-    global _shared_vgg
-    outer, _shared_vgg = _shared_vgg, {} if _shared_vgg is None else _shared_vgg
-    try:
-        yield
-    finally:
-        _shared_vgg = outer
-
-
 def vgg_key(cfg: Config) -> tuple:
     """What identifies the VGG a config loads (jobs with equal keys can share one batch)."""
     return (
@@ -128,14 +185,12 @@ def vgg_key(cfg: Config) -> tuple:
     )
 
 
-def load_vgg(cfg: Config) -> torch.nn.Sequential:
-    """The VGG-19 features of `cfg.model` (shared inside `sharing_vgg`)."""
-    key = vgg_key(cfg)[:2]
-    if _shared_vgg is None:
+def load_vgg(cfg: Config, shared: Shared | None = None) -> torch.nn.Sequential:
+    """The VGG-19 features of `cfg.model` (`shared`'s, or inside `sharing_vgg` the block's)."""
+    shared = shared_or_ambient(shared)
+    if shared is None:
         return load_vgg19_features(cfg.model.weights, seed=cfg.seed)
-    if key not in _shared_vgg:
-        _shared_vgg[key] = load_vgg19_features(cfg.model.weights, seed=cfg.seed)
-    return _shared_vgg[key]
+    return shared.vgg(cfg)
 
 
 @dataclass
@@ -171,27 +226,31 @@ def numbered(name: str, count: int) -> list[str]:
     return [name, *(f"{name}_{i}" for i in range(2, count + 1))][:count]
 
 
-def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
-    """Everything a run needs from `cfg` (images from `sources` if given, else loaded)."""
+def build_synthesis(
+    cfg: Config, sources: SourceImages | None = None, shared: Shared | None = None
+) -> Built:
+    """Everything a run needs from `cfg` (images from `sources` if given, else loaded); with
+    `shared` (or inside `sharing_vgg`) the VGG and inputs are those of the sweep's other jobs."""
+    shared = shared_or_ambient(shared)
     device = resolve_device(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else default_precision(device)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sources = sources or SourceImages.load(cfg)
+    sources = sources or SourceImages.load(cfg, shared)
     style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
-    vgg = load_vgg(cfg)
+    vgg = load_vgg(cfg, shared)
     encoder = VGGFeatures(vgg, style_layers + content_layers, cfg.model.pooling)
     stages = schedule_of(cfg)
-    images = StageImages(sources, cfg, device)
+    images = StageImages(sources, cfg, device, shared)
     check_sizes(images, stages, encoder)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     objective = Objective(encoder.to(device, memory_format=memory_format), terms_of(cfg))
     synthesis = Synthesis(
         objective=objective,
         stage_images=images,
-        start_image=start_image(cfg, device),
+        start_image=start_image(cfg, device, shared),
         stages=stages,
         optim=OptimSettings(
             name=cfg.optim.name,
@@ -259,11 +318,17 @@ def schedule_of(cfg: Config) -> list[Stage]:
         raise StyleLabError(f"{error} (schedule={s.name})") from None
 
 
-def start_image(cfg: Config, device: torch.device):
+def start_image(cfg: Config, device: torch.device, shared: Shared | None = None):
     """The first stage's starting image, from `init` (and `init_image`)."""
     init_source = None
     if cfg.init == "image":
-        image = load_source(cfg.init_image, cfg.cache_dir, cfg.max_input_pixels)
+        source = cfg.init_image
+        assert source is not None  # config.validate: init=image needs init_image
+        image = (
+            shared.source(source, cfg)
+            if shared is not None
+            else load_source(source, cfg.cache_dir, cfg.max_input_pixels)
+        )
         init_source = pil_to_tensor(image).to(device)
 
     def start(content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:

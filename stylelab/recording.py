@@ -19,7 +19,13 @@ class RunFolderRecorder(Observer):
     """Frames, `losses.jsonl`, checkpoints (with `extra`: tracker run id, config), the final
     image and, when the run finishes, the GIF and a checkpoint without optimiser state."""
 
-    def __init__(self, folder: RunFolder, extra: dict[str, Any], seconds_per_frame: float):
+    def __init__(
+        self,
+        folder: RunFolder,
+        extra: dict[str, Any] | Callable[[], dict[str, Any]],
+        seconds_per_frame: float,
+    ):
+        """`extra`: or a function giving it at each checkpoint (a tracker run id not known yet)."""
         self.folder, self.extra, self.seconds_per_frame = folder, extra, seconds_per_frame
         self.final: np.ndarray | None = None
 
@@ -30,7 +36,8 @@ class RunFolderRecorder(Observer):
         self.folder.append_losses(rows)
 
     def on_checkpoint(self, state: dict[str, Any]) -> None:
-        self.folder.save_checkpoint({**state, **self.extra})
+        extra = self.extra() if callable(self.extra) else self.extra
+        self.folder.save_checkpoint({**state, **extra})
 
     def on_end(self, run: RunState, result: Result) -> None:
         self.final = tensor_to_uint8(result.image)

@@ -25,7 +25,15 @@ from stylelab.pareto import failed_return, sweep_return
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
-from stylelab.runner import EXIT_FAILED, EXIT_INTERRUPTED, JobSteps, drive, synthesis_steps
+from stylelab.runner import (
+    ALONE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    JobSteps,
+    Launch,
+    drive,
+    synthesis_steps,
+)
 from stylelab.signals import Interrupted, NotStarted
 from stylelab.slurm import submitit_requeue
 from stylelab.swept import multirun_sweep_keys, override_key, typed_value
@@ -94,9 +102,10 @@ def main(cfg: DictConfig) -> float | list[float]:
     return drive(job_steps(cfg))
 
 
-def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
+def job_steps(cfg: DictConfig, launch: Launch = ALONE) -> JobSteps[float | list[float]]:
     """`main` in steps (see `stylelab.runner.JobSteps`), for the batching launcher: set up the
-    job (inside its Hydra job context), yield its synthesis, then report and return."""
+    job (inside its Hydra job context), yield its synthesis, then report and return. `launch`:
+    how the launcher runs it (its progress bar, what the sweep's jobs share)."""
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -120,11 +129,7 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
-        swept = (
-            multirun_sweep_keys(hydra_cfg.sweep.dir, hydra_cfg.sweeper.get("params"))
-            if multirun
-            else None
-        )
+        swept = swept_keys(hydra_cfg, launch) if multirun else None
         info = RunInfo(
             config=resolved,
             run_dir=run_dir,
@@ -134,7 +139,7 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
             swept=swept_values(config, overrides),
         )
         started = True
-        summary = yield from synthesis_steps(config, run_dir, tracker, info)
+        summary = yield from synthesis_steps(config, run_dir, tracker, info, launch, checked=True)
         log.info("outputs in %s (final image %s)", run_dir, run_dir / "final.png")
         return sweep_return(summary, config.sweep_returns)
     except Interrupted as error:
@@ -175,6 +180,13 @@ def job_steps(cfg: DictConfig) -> JobSteps[float | list[float]]:
         sys.exit(EXIT_FAILED)
     finally:
         unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process
+
+
+def swept_keys(hydra_cfg: Any, launch: Launch) -> list[str]:
+    """The multirun's swept keys (read once per sweep when its jobs share a `Shared`)."""
+    sweep_dir = str(hydra_cfg.sweep.dir)
+    read = lambda: multirun_sweep_keys(sweep_dir, hydra_cfg.sweeper.get("params"))  # noqa: E731
+    return list(launch.shared.once(("swept", sweep_dir), read) if launch.shared else read())
 
 
 def logger_options(config: Config) -> dict[str, Any]:

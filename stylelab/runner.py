@@ -11,7 +11,7 @@ import logging
 import resource
 import time
 from collections.abc import Generator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from stylelab.engine.observers import ConvergenceStop, NonFiniteGuard, ProgressB
 from stylelab.engine.synthesis import TRIAL
 from stylelab.errors import StyleLabError
 from stylelab.evaluating import EvalRecorder, build_evaluator, evaluate_saved
-from stylelab.factory import Built, build_synthesis, vgg_key
+from stylelab.factory import Built, Shared, build_synthesis, vgg_key
 from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
 from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
@@ -45,7 +45,21 @@ from stylelab.tracking import RunInfo, Tracker
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-progress_bars = True  # one per run (the batching launcher shows one per batch instead)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a launcher runs its jobs, given to each: with a progress bar of its own (a batching
+    launcher shows one per batch instead), what the sweep's jobs share (`factory.Shared`:
+    VGGs, decoded and resized inputs; None: the job loads its own) and whether its tracker run
+    may still be starting when its synthesis is set up (`Tracker.start_soon`)."""
+
+    progress_bar: bool = True
+    shared: Shared | None = None
+    start_tracker_soon: bool = False
+
+
+ALONE = Launch()  # a run on its own
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -85,7 +99,7 @@ def drive(job: JobSteps[T]) -> T:
 
 
 def run_synthesis(
-    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo, launch: Launch = ALONE
 ) -> dict[str, Any]:
     """Run one synthesis into `run_dir`, reporting to `tracker`; returns the summary.
 
@@ -95,14 +109,20 @@ def run_synthesis(
     launcher that stops before the synthesis runs throws it `NotStarted`: the summary of a new
     run then says "not started" (a later run may use the folder afresh).
     """
-    return drive(synthesis_steps(cfg, run_dir, tracker, info))
+    return drive(synthesis_steps(cfg, run_dir, tracker, info, launch))
 
 
 def synthesis_steps(
-    cfg: Config, run_dir: str | Path, tracker: Tracker, info: RunInfo
+    cfg: Config,
+    run_dir: str | Path,
+    tracker: Tracker,
+    info: RunInfo,
+    launch: Launch = ALONE,
+    checked: bool = False,
 ) -> JobSteps[dict[str, Any]]:
     """`run_synthesis` in steps (see `JobSteps`): everything before the synthesis runs, then,
-    with its result, everything after. The batching launcher runs many of these in one batch."""
+    with its result, everything after. The batching launcher runs many of these in one batch.
+    `checked`: `cfg` already passed `config.validate` (the CLI's preflight), not run again."""
     folder = RunFolder(run_dir)
     checkpoint = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and checkpoint is None:
@@ -117,14 +137,15 @@ def synthesis_steps(
     known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
     # From here on a signal only sets a flag: the loop checkpoints at its next step.
     with stop_on_signals() as received:
-        tracker.start(info)
+        (tracker.start_soon if launch.start_tracker_soon else tracker.start)(info)
         started = time.perf_counter()
         try:
-            validate(cfg)
+            if not checked:
+                validate(cfg)
             try:
                 return (
                     yield from _synthesize(
-                        cfg, folder, tracker, checkpoint, received, run_id, known
+                        cfg, folder, tracker, checkpoint, received, run_id, known, launch
                     )
                 )
             except torch.OutOfMemoryError:
@@ -163,8 +184,9 @@ def _synthesize(
     received: list[int],
     run_id: str | None,
     known: dict[str, Any],
+    launch: Launch,
 ) -> JobSteps[dict[str, Any]]:
-    built = build_synthesis(cfg)
+    built = build_synthesis(cfg, shared=launch.shared)
     synthesis = built.synthesis
     describe(built, cfg)
     content = built.images(synthesis.stages[-1].size)[0]
@@ -183,9 +205,10 @@ def _synthesize(
         for (key, image), caption in zip(inputs.items(), captions, strict=True):
             folder.save_image(f"{key}.png", image)
             tracker.log_image(key, image, caption=caption)
-    recorder = RunFolderRecorder(
+    config = asdict(cfg)
+    recorder = RunFolderRecorder(  # the tracker's run id once known (its start may still run)
         folder,
-        checkpoint_extra(run_id, tracker.run_id, asdict(cfg)),
+        lambda: checkpoint_extra(run_id, tracker.run_id, config),
         cfg.log.gif_seconds_per_frame,
     )
     guard = NonFiniteGuard(lambda image: folder.save_image(FINAL_IMAGE, image))
@@ -194,7 +217,7 @@ def _synthesize(
     tracked = TrackerRecorder(tracker, every.pop if every else None)
     observers = [guard, *([every] if every else []), tracked, recorder]
     observers.append(CheckpointLogger(tracker, folder))  # after the recorder saved it
-    if progress_bars:
+    if launch.progress_bar:
         observers.append(ProgressBar())
     if cfg.optim.tolerance:
         observers.append(ConvergenceStop(cfg.optim.tolerance, cfg.optim.window))

@@ -4,9 +4,17 @@
 callbacks) and runs `stylelab.run.job_steps` up to its synthesis (`Job.request`, a `BatchJob`);
 `stylelab.engine.batch.run_batch` runs the syntheses of several jobs together; `JobHalves.close`
 hands each job its outcome (it writes its results, finishes its W&B run) and returns its
-`JobReturn`. Used by `hydra/launcher=batched` and by packed SLURM tasks
-(`hydra.launcher.jobs_per_task`). After a stop signal no batch starts: `not_started` ends each
-of its jobs without a step (summary status "not started"; a re-run starts it afresh).
+`JobReturn`. `Batcher` owns the open -> group -> run -> close sequence of the launchers that use
+them: `hydra/launcher=batched` and packed SLURM tasks (`hydra.launcher.jobs_per_task`). After a
+stop signal no batch starts: `not_started` ends each of its jobs without a step (summary status
+"not started"; a re-run starts it afresh). The jobs of one `JobHalves` share one
+`stylelab.factory.Shared` (VGG, decoded inputs), show no progress bar of their own (`announce`
+gives each batch one) and do not wait for their W&B runs to start (`Tracker.start_soon`): all
+passed to each job (`stylelab.runner.Launch`).
+
+Hydra's API used: `HydraConfig`, `JobRuntime`, `configure_log`, `env_override` and `JobReturn`
+(public modules, `hydra.core`). `hydra.core.utils.run_job` itself cannot be reused, since it runs
+the whole task function in one call; `JobHalves.open` and `close` are its two halves.
 """
 
 from __future__ import annotations
@@ -14,24 +22,19 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import (
-    JobReturn,
-    JobRuntime,
-    JobStatus,
-    _save_config,
-    configure_log,
-    env_override,
-)
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from stylelab.engine.batch import BatchJob, Outcome, run_batch
 from stylelab.engine.observers import ProgressBar
+from stylelab.factory import Shared
+from stylelab.runner import Launch
 from stylelab.signals import NotStarted
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class JobHalves:
     ):
         self.hydra_context, self.sweep_config = hydra_context, sweep_config
         self.task_function = task_function
+        # One bar per batch instead of one per job; W&B runs start while the batch is set up.
+        self.launch = Launch(progress_bar=False, shared=Shared(), start_tracker_soon=True)
 
     def open(self, config: DictConfig) -> Job:
         """Set the job of `config` (its sweep config, `hydra.job.num` and `id` set) up as
@@ -80,9 +85,10 @@ class JobHalves:
         configure_log(config.hydra.job_logging, config.hydra.verbose)
         if config.hydra.output_subdir is not None:
             hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
-            _save_config(task_cfg, "config.yaml", hydra_output)
-            _save_config(result.hydra_cfg, "hydra.yaml", hydra_output)
-            _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+            hydra_output.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(task_cfg, hydra_output / "config.yaml")
+            OmegaConf.save(result.hydra_cfg, hydra_output / "hydra.yaml")
+            OmegaConf.save(config.hydra.overrides.task, hydra_output / "overrides.yaml")
         from stylelab.run import job_steps
 
         job = Job(num, config, result)
@@ -91,7 +97,7 @@ class JobHalves:
                 self.hydra_context.callbacks.on_job_start(
                     config=config, task_function=self.task_function
                 )
-                job.steps = job_steps(task_cfg)
+                job.steps = job_steps(task_cfg, self.launch)
                 advance(job, None)
         finally:
             self._sweep_logging()
@@ -118,6 +124,51 @@ class JobHalves:
 
     def _sweep_logging(self) -> None:
         configure_log(self.sweep_config.hydra.hydra_logging, self.sweep_config.hydra.verbose)
+
+
+class Batcher:
+    """The open -> group -> run -> close sequence of a launcher that batches jobs: `open` sets a
+    job up (`halves`), closes it at once if it ended there (a bad config), else adds it to its
+    group (`place`, e.g. a device, and its batch key); a group that reaches `size` jobs goes to
+    `run(place, batch)`, which runs and closes them; `finish` hands on the groups not full
+    (after a stop signal they do not start: their jobs end as never started and are closed).
+    `started(num)`: told of each job once it is set up (`SweepJobs.started`)."""
+
+    def __init__(
+        self,
+        halves: JobHalves,
+        run: Callable[[Hashable, list[Job]], None],
+        close: Callable[[Job], object],
+        size: int | None = None,
+        started: Callable[[int], None] | None = None,
+    ):
+        self.halves, self.run, self.close, self.size = halves, run, close, size
+        self.started = started
+        self.pending: dict[tuple[Hashable, Hashable], list[Job]] = {}
+
+    def open(self, config: DictConfig, place: Hashable = None) -> Job:
+        job = self.halves.open(config)
+        if self.started is not None:
+            self.started(job.num)
+        if job.request is None:
+            self.close(job)
+            return job
+        key = (place, job.request.key)
+        self.pending.setdefault(key, []).append(job)
+        if len(self.pending[key]) == self.size:
+            self.run(place, self.pending.pop(key))
+        return job
+
+    def finish(self, received: list[int]) -> None:
+        """Hand on every group not yet full, in the order they began; none after a signal."""
+        pending, self.pending = self.pending, {}
+        for (place, _), batch in pending.items():
+            if received:
+                not_started(batch, received[0])
+                for job in batch:
+                    self.close(job)
+            else:
+                self.run(place, batch)
 
 
 def advance(job: Job, outcome: Outcome | None) -> None:

@@ -27,6 +27,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.stylelab_launchers.batch_jobs import (
+    Batcher,
     Job,
     JobHalves,
     announce,
@@ -35,8 +36,6 @@ from hydra_plugins.stylelab_launchers.batch_jobs import (
 )
 from hydra_plugins.stylelab_launchers.launcher_options import checked_batch_size, checked_devices
 from hydra_plugins.stylelab_launchers.sequential_launcher import SequentialLauncher
-from stylelab import runner
-from stylelab.factory import sharing_vgg
 from stylelab.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,9 @@ class BatchedLauncher(SequentialLauncher):
         self.finished: queue.Queue = queue.Queue()
         self.in_flight = 0
         workers = [_Worker(device) for device in self.devices]
-        runner.progress_bars = False  # one bar per batch instead of one per job
-        with stop_on_signals() as received, sharing_vgg():
+        submit = lambda place, batch: self._submit(workers[place], batch)  # noqa: E731
+        batcher = Batcher(self.halves, submit, self._close, self.batch_size, jobs.started)
+        with stop_on_signals() as received:
             self.received = received
             try:
                 for worker in workers:
@@ -85,7 +85,6 @@ class BatchedLauncher(SequentialLauncher):
                         target=self._work, args=(worker,), daemon=True, name=f"batch-{worker.device}"
                     )  # fmt: skip
                     worker.thread.start()
-                pending: dict[tuple[int, tuple], list[Job]] = {}
                 for index, (num, overrides) in enumerate(numbered):
                     if received:
                         break
@@ -94,29 +93,14 @@ class BatchedLauncher(SequentialLauncher):
                     if config is None:
                         self.returns[num] = self.refused(jobs, num, overrides)
                         continue
-                    job = self._open(config, workers[place].device)
-                    jobs.started(num)
-                    if job.request is None:
-                        self._close(job)
-                        continue
-                    key = (place, job.request.key)
-                    pending.setdefault(key, []).append(job)
-                    if len(pending[key]) == self.batch_size:
-                        self._submit(workers[place], pending.pop(key))
+                    batcher.open(self._placed(config, workers[place].device), place)
                     self._collect(wait=self.in_flight > 2 * len(workers))
-                for (place, _), batch in pending.items():
-                    if received:  # nothing starts after a stop signal
-                        not_started(batch, received[0])
-                        for job in batch:
-                            self._close(job)
-                    else:
-                        self._submit(workers[place], batch)
+                batcher.finish(received)  # nothing starts after a stop signal
                 while self.in_flight:
                     self._collect(wait=True)
             except KeyboardInterrupt:  # the signal repeated after the grace period
                 pass
             finally:
-                runner.progress_bars = True
                 for worker in workers:
                     worker.batches.put(None)
             if received:
@@ -125,12 +109,12 @@ class BatchedLauncher(SequentialLauncher):
 
     # -- the two halves of a job, in this (the main) thread ------------------------------------
 
-    def _open(self, config: DictConfig, device: str | None) -> Job:
-        """Set the job of `config` up as Hydra's `run_job` does, then run it to its synthesis."""
+    def _placed(self, config: DictConfig, device: str | None) -> DictConfig:
+        """`config` on its worker's device (with `devices=`, or for a job with device=auto)."""
         with open_dict(config):
             if device is not None and (self.explicit or config.get("device") == "auto"):
                 config.device = device
-        return self.halves.open(config)
+        return config
 
     def _close(self, job: Job) -> None:
         """The job's second half (its results, W&B finish, return value)."""

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 
 from hydra_plugins.stylelab_launchers.batch_jobs import (
+    Batcher,
     Job,
     JobHalves,
     announce,
-    not_started,
     run_together,
 )
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
-from stylelab import runner
-from stylelab.factory import sharing_vgg
 from stylelab.signals import Interrupted, stop_on_signals
 from stylelab.slurm import one_requeue, submitit_requeue
 
@@ -57,31 +56,23 @@ class PackedTask:
         )  # fmt: skip
         halves = JobHalves(launcher.hydra_context, launcher.config, launcher.task_function)
         waiting: dict[int, JobReturn] = {}  # interrupted jobs, returned if not requeued
-        runner.progress_bars = False  # one bar per batch
-        try:
-            with stop_on_signals() as received, sharing_vgg(), one_requeue() as requests:
-                batches: dict[tuple, list[Job]] = {}
-                for overrides, num in todo:
-                    if received:  # nothing new is set up after a stop signal
-                        break
-                    config = job_config(
-                        launcher.hydra_context, launcher.config, overrides, num, task_id
-                    )
-                    job = halves.open(config)
-                    if job.request is None:
-                        self._report(halves, job, requests, waiting)
-                    else:
-                        batches.setdefault(job.request.key, []).append(job)
-                for batch in batches.values():
-                    if received:  # nor does a batch start
-                        not_started(batch, received[0])
-                    else:
-                        announce(batch)
-                        run_together(batch)
-                    for job in batch:
-                        self._report(halves, job, requests, waiting)
-        finally:
-            runner.progress_bars = True
+        with stop_on_signals() as received, one_requeue() as requests:
+            report = partial(self._report, halves, requests=requests, waiting=waiting)
+
+            def run(place: object, batch: list[Job]) -> None:
+                announce(batch)
+                run_together(batch)
+                for job in batch:
+                    report(job)
+
+            batcher = Batcher(halves, run, report)  # all of a group in one batch
+            for overrides, num in todo:
+                if received:  # nothing new is set up after a stop signal
+                    break
+                batcher.open(
+                    job_config(launcher.hydra_context, launcher.config, overrides, num, task_id)
+                )
+            batcher.finish(received)  # nor does a batch start
         if received and len(self.done) < len(members):  # requeue, unless SLURM or submitit decline
             submitit_requeue(requests[0] if requests else Interrupted(received[0]))
         # None: a job never set up (the task was cancelled first)

@@ -10,6 +10,12 @@ the command exits 128 + the signal (130 for Ctrl-C). `conf/config.yaml` makes it
 A sweep folder that already holds jobs is extended, never rewritten (`sweep_plan.number_jobs`):
 finished jobs with the same overrides are skipped, new ones get new numbers; a job whose folder
 holds an earlier run it cannot continue is refused before Hydra writes a file there.
+
+Each job's config is composed once (`composed_once`): the sweeper's check keeps it for the
+launcher. Hydra API: the public `Launcher` and `ConfigLoader` interfaces, `HydraContext` and
+`hydra.core.utils` (`run_job`, `setup_globals`, `configure_log`, `filter_overrides`). No private
+(`hydra._internal`) module is used by the stylelab launchers; `batch_jobs` says what `run_job`
+could not give.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
@@ -28,9 +33,11 @@ from hydra.core.utils import (
     run_job,
     setup_globals,
 )
-from hydra.types import HydraContext
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.stylelab_launchers.composed_once import compose_once
 from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs, skipped_result
 from stylelab.callbacks import SweepJobs
 from stylelab.outputs import NOT_STARTED
@@ -40,8 +47,19 @@ from stylelab.signals import stop_on_signals
 log = logging.getLogger(__name__)
 
 
-class SequentialLauncher(BasicLauncher):
+class SequentialLauncher(Launcher):
     """Hydra's basic launcher, stopping the whole sweep at the first stop signal."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        compose_once(hydra_context)  # the sweeper's check composes each job: keep it for us
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

@@ -7,12 +7,19 @@ the executor returns: a dead job becomes a completed `JobReturn` with return val
 objective of `sweep_returns` (what a failed run returns in a multirun) plus an error line naming the cluster job, its state and the
 job folder. `jobs_per_task` packs several sweep jobs into each array task, run as one batch
 (`packed_task`). `conf/hydra/launcher/{slurm,local}.yaml` point `_target_` here.
+
+The plugin builds its executor and submits inside `launch()`, with no hook between the two, so
+`WaitForEveryJob.launch` is the plugin's `launch` written out (`executor()`, as the plugin makes
+the executor from `hydra.launcher`'s parameters; `submit()`, the array tasks): a plugin upgrade
+that changes how it builds the executor must be followed here. The tasks still run the plugin's
+own `__call__` (one job) or `PackedTask` (several).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shlex
 import sys
@@ -20,12 +27,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
@@ -95,29 +103,56 @@ class WaitForEveryJob:
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        """The plugin's `launch`, submitting through `submit` (packed, watched) instead."""
+        assert self.config is not None
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        members: list[Member] = []
+        for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+            members.append((list(overrides), num))
+        return [job.results()[0] for job in self.submit(self.executor(), members)]
+
+    def executor(self) -> Any:
+        """The submitit executor of `hydra.launcher`'s parameters, as the plugin makes it."""
         import submitit
 
-        map_array = submitit.AutoExecutor.map_array
+        params: dict[str, Any] = self.params  # type: ignore[attr-defined]
+        init_keys = {"max_num_timeout"}
+        init_params = {"folder": params["submitit_folder"]}
+        init_params.update(
+            {f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k in init_keys}
+        )
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{
+            k if k in base else f"{self._EXECUTOR}_{k}": v
+            for k, v in params.items() if k not in init_keys | {"submitit_folder"}
+        })  # fmt: skip
+        return executor
+
+    def submit(self, executor: Any, members: list[Member]) -> list[WatchedJob]:
+        """Submit the sweep's jobs (`jobs_per_task` to an array task); one watched job each."""
         size = self.jobs_per_task
-
-        def watched_map_array(executor: Any, fn: Any, *iterables: Sequence[Any]) -> list[Any]:
-            # iterables: per job (overrides, dir key, num, id, singleton state)
-            members = [(list(o), num) for o, num in zip(iterables[0], iterables[2], strict=True)]
-            packs = [members[i : i + size] for i in range(0, len(members), size)]
-            if size == 1:
-                tasks = map_array(executor, fn, *iterables)
-            else:
-                log.info("%d jobs in %d array tasks of up to %d", len(members), len(packs), size)
-                state = [iterables[4][0]] * len(packs)
-                tasks = map_array(executor, PackedTask(fn), packs, state)
-            watched = [
-                WatchedTask(task, self, pack, packed=size > 1)
-                for task, pack in zip(tasks, packs, strict=True)
-            ]
-            return [WatchedJob(task, i) for task in watched for i in range(len(task.members))]
-
-        with mock.patch.object(submitit.AutoExecutor, "map_array", watched_map_array):
-            return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
+        packs = [members[i : i + size] for i in range(0, len(members), size)]
+        state = Singleton.get_state()
+        if size == 1:  # the plugin's own task: overrides, dir key, num, id, singleton state
+            nums = [num for _, num in members]
+            tasks = executor.map_array(
+                self, [o for o, _ in members], ["hydra.sweep.dir"] * len(nums), nums,
+                [f"job_id_for_{num}" for num in nums], [state] * len(nums),
+            )  # fmt: skip
+        else:
+            log.info("%d jobs in %d array tasks of up to %d", len(members), len(packs), size)
+            tasks = executor.map_array(PackedTask(self), packs, [state] * len(packs))
+        watched = [
+            WatchedTask(task, self, pack, packed=size > 1)
+            for task, pack in zip(tasks, packs, strict=True)
+        ]
+        return [WatchedJob(task, i) for task in watched for i in range(len(task.members))]
 
     def dead_job(self, job: Any, overrides: list[str], num: int, error: Exception) -> JobReturn:
         """The `JobReturn` of sweep job `num` of array task `job`, which ended without a

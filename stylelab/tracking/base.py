@@ -51,9 +51,17 @@ class Tracker:
 
     run_id: str | None = None
     error: TrackerError | None = None  # the first write failure, until raised
+    # `start` may run on another thread: `BackgroundTracker` then returns at once (a tracker
+    # whose start must see stop signals, which only the main thread receives, says False).
+    starts_in_background: bool = False
 
     def start(self, info: RunInfo) -> None:
         """Open the run."""
+
+    def start_soon(self, info: RunInfo) -> None:
+        """Open the run, returning before it is open where the tracker can (a batch's jobs
+        need not wait for each other's W&B starts: `BackgroundTracker`)."""
+        self.start(info)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One row of scalars at `step`, keyed by their logged names (`loss/total`, `stage`)."""
@@ -131,15 +139,36 @@ class BackgroundTracker(Tracker):
         self.inner = inner
         self.queue: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
+        self.began = threading.Event()  # `inner` started (or failed to)
+        self.began.set()
 
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
+        self.began.wait()
         return self.inner.run_id
 
     def start(self, info: RunInfo) -> None:
         self.inner.start(info)
         self.thread = threading.Thread(target=self._work, name="tracker", daemon=True)
         self.thread.start()
+
+    def start_soon(self, info: RunInfo) -> None:
+        """Start `inner` on the worker if it `starts_in_background`: the job goes on setting
+        up, what it logs meanwhile waits in the queue, `run_id` waits for the start, and a
+        failed start is raised by the next `flush` or `finish`. Else as `start`."""
+        if not self.inner.starts_in_background:
+            self.start(info)
+            return
+        self.began.clear()
+        self.queue.put((self.start_run, (info,)))
+        self.thread = threading.Thread(target=self._work, name="tracker", daemon=True)
+        self.thread.start()
+
+    def start_run(self, info: RunInfo) -> None:
+        try:
+            self.inner.start(info)
+        finally:
+            self.began.set()
 
     def _work(self) -> None:
         while (item := self.queue.get()) is not None:

@@ -166,6 +166,8 @@ class WandbTracker(Tracker):
     ):
         clear_blank_mode()
         self.mode = resolve_mode(mode)
+        # Online, a stop signal must end the wait for an unreachable server (main thread only).
+        self.starts_in_background = self.mode != "online"
         check_project(project)
         if not init_timeout > 0:
             raise TrackerError(f"logger.init_timeout={init_timeout}: must be > 0 seconds")
