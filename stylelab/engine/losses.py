@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylelab.engine.options import check_choice
+
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W, computed in fp32 (float64
@@ -68,8 +70,7 @@ class TVLoss(nn.Module):
 
     def __init__(self, kind: str = "l1"):
         super().__init__()
-        if kind not in TV_KINDS:
-            raise ValueError(f"unknown tv_loss '{kind}': use l1 or l2")
+        check_choice("norm", kind, TV_KINDS)
         self.kind = kind
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
