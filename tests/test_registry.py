@@ -41,7 +41,7 @@ def config(**changes: object) -> Config:
     return cfg
 
 
-def test_a_term_kind_from_a_module_is_built_from_its_node_and_its_layers_reach_the_encoder() -> None:
+def test_a_term_kind_from_a_module_is_built_and_its_layers_reach_the_encoder() -> None:
     terms = terms_of(config(terms={"edge": EDGE}))
     assert "channel_mean" in TERM_KINDS
     assert [t.name for t in terms][-1] == "channel_mean/relu5_3"

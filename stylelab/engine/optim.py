@@ -61,11 +61,9 @@ _SEARCH_KEYS = ("direction", "base_loss", "trial_step", "rejections", "accepted"
 LINE_SEARCHES = ("auto", "none", "armijo")  # auto: armijo for L-BFGS, none for Adam
 
 
-def resolve_line_search(optimizer: str, line_search: str) -> str:
-    """`line_search="auto"` made concrete: armijo for L-BFGS, none for any other optimiser."""
-    if line_search != "auto":
-        return line_search
-    return "armijo" if optimizer == "lbfgs" else "none"
+def resolve_line_search(line_search: str) -> str:
+    """L-BFGS's `line_search="auto"` made concrete: armijo (other kinds have none)."""
+    return "armijo" if line_search == "auto" else line_search
 
 
 def _check_line_search(line_search: str, searches: tuple[str, ...] = LINE_SEARCHES) -> None:
@@ -143,7 +141,7 @@ class LBFGS(PixelOptimizer):
             history_dtype = "fp32"  # (`build` resolves auto from the device and precision)
         if max_backtracks < 1:
             raise ValueError("max_backtracks must be at least 1")
-        line_search = resolve_line_search("lbfgs", line_search)
+        line_search = resolve_line_search(line_search)
         self.param, self.lr, self.history_size, self.eps = param, lr, history_size, eps
         n, m, device = param.numel(), history_size, param.device
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
