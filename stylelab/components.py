@@ -38,13 +38,15 @@ T = TypeVar("T")
 
 @dataclass
 class Node:
-    """One component's config node: its options, and the config key each option comes from."""
+    """One component's config node: its options, and the config key each option comes from
+    (`keys`, else `prefix` + the option's name)."""
 
     options: dict[str, Any]
     keys: dict[str, str]
+    prefix: str = ""
 
     def key(self, option: str) -> str:
-        return self.keys.get(option, option)
+        return self.keys.get(option, self.prefix + option)
 
 
 def built(node: Node, build: Callable[..., T]) -> T:
@@ -89,7 +91,7 @@ def term_nodes(cfg: Config) -> list[Node]:
     for name, given in (cfg.terms or {}).items():
         options = {"kind": name, **dict(given)}
         import_module(options.pop("module", None), f"terms.{name}.module")
-        nodes.append(Node(options, {key: f"terms.{name}.{key}" for key in (*options, "kind")}))
+        nodes.append(Node(options, {}, prefix=f"terms.{name}."))
     return nodes
 
 
