@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylelab.engine.options import check_choice
-
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W, computed in fp32 (float64
@@ -70,7 +68,8 @@ class TVLoss(nn.Module):
 
     def __init__(self, kind: str = "l1"):
         super().__init__()
-        check_choice("norm", kind, TV_KINDS)
+        if kind not in TV_KINDS:
+            raise ValueError(f"unknown tv_loss '{kind}': use l1 or l2")
         self.kind = kind
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -170,7 +170,10 @@ class TVTerm(Term):
 
     def __init__(self, weight: float, layer: int | None = None, norm: str = "l1"):
         super().__init__(weight, None)
-        self.loss = TVLoss(norm)
+        try:
+            self.loss = TVLoss(norm)
+        except ValueError as error:
+            raise OptionError("norm", f"={norm}: {error}") from None
 
     def forward(self, features: Features, image: torch.Tensor) -> torch.Tensor:
         if not self.weight:
