@@ -67,7 +67,7 @@ def test_the_historic_keys_map_onto_the_built_in_kinds() -> None:
         ({"terms": {"edge": {**EDGE, "module": "no_such_mod"}}}, "terms.edge.module=no_such_mod"),
         ({"terms": {"edge": {**EDGE, "weight": -2.0}}}, "terms.edge.weight=-2.0: must be >= 0"),
         ({"tv_loss": "l3"}, "tv_loss=l3: unknown tv_loss 'l3': use l1 or l2"),
-        ({"style_loss": "gramm"}, "style_loss=gramm: use one of gram, w2"),
+        ({"style_loss": "gramm"}, "style_loss=gramm: unknown style statistic 'gramm'"),
         ({"keep": "first"}, "keep=first: use one of last, best"),
         ({"optim": OptimConfig(ema=1.5)}, r"optim.ema=1.5: use 0 \(off\)"),
         ({"optim": OptimConfig(name="sgd")}, "optim.name=sgd: unknown optimizer 'sgd'"),

@@ -23,9 +23,8 @@ from torch import nn
 from stylelab.engine.features import layer_name, parse_layers
 from stylelab.engine.losses import ContentLoss, TVLoss
 from stylelab.engine.masks import propagate_mask
-from stylelab.engine.options import OptionError, check_choice, check_weight
+from stylelab.engine.options import OptionError, check_weight
 from stylelab.engine.statistics import (
-    STYLE_STATISTICS,
     GramStatistic,
     StyleStatistic,
     blended_style_loss,
@@ -116,8 +115,10 @@ class StyleTerm(Term):
     ):
         super().__init__(weight, layer)
         if isinstance(statistic, str):
-            check_choice("statistic", statistic, tuple(STYLE_STATISTICS))
-            statistic = style_statistic(statistic)
+            try:
+                statistic = style_statistic(statistic)
+            except ValueError as error:
+                raise OptionError("statistic", f"={statistic}: {error}") from None
         self.statistic = statistic if statistic is not None else GramStatistic()
 
     def set_target(self, targets: Targets) -> None:
