@@ -219,6 +219,8 @@ def build_engine(
     """
     cfg = engine_config(problem, optimizer, precision)
     cfg.optim.history_size = options.pop("history_size", 100)
+    if "history_dtype" in options:  # an L-BFGS option the config keeps under optim.options
+        cfg.optim.options["history_dtype"] = options.pop("history_dtype")
     content, style = (Image.fromarray(picture) for picture in problem.pictures)
     sources = SourceImages(content, [style])
     synthesis = build_synthesis(cfg, sources).synthesis

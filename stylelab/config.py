@@ -16,20 +16,12 @@ from typing import Any
 from omegaconf import MISSING
 
 from stylelab.engine.color import COLOR_MODES, HISTOGRAM_METHODS
-from stylelab.engine.features import parse_layers
 from stylelab.engine.images import DEFAULT_MAX_PIXELS
-from stylelab.engine.losses import TV_KINDS
-from stylelab.engine.optim import LINE_SEARCHES, resolve_line_search
 from stylelab.engine.schedule import SCHEDULES, pyramid_sizes
-from stylelab.engine.statistics import STYLE_STATISTICS
-from stylelab.engine.synthesis import INITS, KEEPS
-from stylelab.errors import LayerError, StyleLabError
-from stylelab.tracking.wandb_artifacts import ARTIFACT_KINDS
-from stylelab.tracking.wandb_tracker import MODES, PROJECT_BAD_CHARS, PROJECT_MAX_LEN
+from stylelab.engine.synthesis import INITS
+from stylelab.errors import StyleLabError
 
 MAX_IMAGE_SIZE = 16384  # VGG-19 at this size needs ~400 GiB; larger is always a typo
-LOGGER_NAMES = ("wandb", "none")
-WANDB_TAG_MAX = 64
 
 
 @dataclass
@@ -60,7 +52,12 @@ class LayersConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "lbfgs"  # lbfgs | adam
+    """The optimiser: a kind registered in `stylelab.engine.optimizers` with the options its
+    `Options` declares, read from these keys or from `options` (README "Extending")."""
+
+    name: str = "lbfgs"  # lbfgs | adam | a kind registered by `module`
+    module: str | None = None  # a module imported first (it registers the optimiser)
+    options: dict[str, Any] = field(default_factory=dict)  # the kind's options not listed here
     lr: float = 1.0
     history_size: int = 100  # L-BFGS only
     ema: float = 0.0  # averaged iterate shown and returned: 0 off, else its decay (0.9)
@@ -170,24 +167,28 @@ class Config:
     cache_dir: str | None = None  # downloaded images (default ~/.cache/stylelab)
     max_input_pixels: int = DEFAULT_MAX_PIXELS  # larger inputs are refused (decompression bombs)
     debug: bool = False  # show tracebacks for errors
+    # further loss terms, by name: {kind (default: the name), module (imported first: it
+    # registers the kind), weight, layers, layer_weights, the kind's options} (README "Extending")
+    terms: dict[str, Any] = field(default_factory=dict)
     # what a run returns to a sweeper: a summary key, or a list of them for a multi-objective
     # sweeper (hparams_search=pareto: [eval/content, eval/style]); a failed run returns inf each
     sweep_returns: Any = "final/total"
 
 
 def validate(cfg: Config) -> None:
-    """Reject values that would fail later, with one line saying what to change."""
+    """Reject values that would fail later, with one line saying what to change: the values
+    only the config has here, then the engine's components and the tracker's settings, each
+    checked where it lives, by building them in a dry run (`components.dry_run`)."""
+    from stylelab.components import dry_run  # (it reads this schema: imported when used)
+
     for ok, message in (
         *_setting_checks(cfg),
-        *_weight_checks(cfg),
-        *_logger_checks(cfg),
         *_schedule_checks(cfg),
         *synthesis_checks(cfg),
     ):
         if not ok:
             raise StyleLabError(message)
-    for kind in ("style", "content"):
-        _check_layers(cfg.layers, kind)
+    dry_run(cfg)
 
 
 def _finite_at_least(value: float, low: float, strict: bool = False) -> bool:
@@ -214,11 +215,6 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
         cfg.max_input_pixels >= 1,
         f"max_input_pixels={cfg.max_input_pixels}: must be a positive number of pixels",
     )
-    yield cfg.optim.name in ("lbfgs", "adam"), f"optim.name={cfg.optim.name}: use lbfgs or adam"
-    yield (
-        cfg.optim.history_size >= 1,
-        f"optim.history_size={cfg.optim.history_size}: must be >= 1",
-    )
     yield cfg.init in INITS, f"init={cfg.init}: use one of {', '.join(INITS)}"
     yield cfg.init != "image" or bool(cfg.init_image), "init=image needs init_image=<path or URL>"
     yield (
@@ -244,16 +240,6 @@ def _setting_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     yield (
         cfg.log.checkpoint_every >= 0,
         f"log.checkpoint_every={cfg.log.checkpoint_every}: must be >= 0",
-    )
-
-
-def _weight_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
-    for key in ("content_weight", "style_weight", "tv_weight"):
-        value = getattr(cfg, key)
-        yield _finite_at_least(value, 0), f"{key}={value}: must be >= 0 and finite"
-    yield (
-        _finite_at_least(cfg.optim.lr, 0, strict=True),
-        f"optim.lr={cfg.optim.lr}: must be > 0 and finite",
     )
 
 
@@ -305,59 +291,6 @@ def _schedule_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
     )
 
 
-def _logger_checks(cfg: Config) -> Iterator[tuple[bool, str]]:
-    logger = cfg.logger
-    yield logger.name in LOGGER_NAMES, f"logger={logger.name}: use {' or '.join(LOGGER_NAMES)}"
-    if logger.name != "wandb":
-        return
-    yield (
-        logger.mode in MODES,
-        f"logger.mode={logger.mode}: use one of {', '.join(MODES)}",
-    )
-    unknown = [kind for kind in logger.artifacts if kind not in ARTIFACT_KINDS]
-    yield (
-        not unknown,
-        f"logger.artifacts={list(logger.artifacts)}: {', '.join(map(str, unknown))} is not an "
-        f"artifact kind; use a list of {', '.join(ARTIFACT_KINDS)} ([] for none)",
-    )
-    project = logger.project or ""
-    bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})
-    yield (
-        0 < len(project) <= PROJECT_MAX_LEN and not bad,
-        f"logger.project={project[:40]}{'...' if len(project) > 40 else ''}: W&B needs 1 to "
-        f"{PROJECT_MAX_LEN} characters (this has {len(project)}) and none of "
-        f"{' '.join(PROJECT_BAD_CHARS)}" + (f" (found {' '.join(bad)})" if bad else ""),
-    )
-    for tag in (cfg.pair.name, cfg.layers.name, cfg.optim.name, *logger.tags):
-        yield (
-            len(str(tag)) <= WANDB_TAG_MAX,
-            f"W&B tag {str(tag)[:40]}... (from logger.tags or a pair, layers or optim name): "
-            f"W&B tags have at most {WANDB_TAG_MAX} characters",
-        )
-
-
-def _check_layers(layers: LayersConfig, kind: str) -> None:
-    """The layers of `kind` parse, and their per-layer weights match them one to one."""
-    try:
-        parsed = parse_layers(getattr(layers, kind))
-    except LayerError as error:
-        raise LayerError(f"layers.{kind}: {error}") from None
-    weights = getattr(layers, f"{kind}_weights")
-    if weights is None:
-        return
-    if len(weights) != len(parsed):
-        raise StyleLabError(
-            f"layers.{kind}_weights has {len(weights)} value(s) for {len(parsed)} layer(s) in "
-            f"layers.{kind}={list(getattr(layers, kind))}: give one weight per layer"
-        )
-    bad = next((weight for weight in weights if not _finite_at_least(weight, 0)), None)
-    if bad is not None:
-        raise StyleLabError(
-            f"layers.{kind}_weights={list(weights)}: every weight must be >= 0 and finite "
-            f"(got {bad}); set a layer's weight to 0 to switch it off"
-        )
-
-
 def style_sources(cfg: Config) -> list[str]:
     """`pair.style` as a list: one source or several."""
     style = cfg.pair.style
@@ -374,36 +307,16 @@ def mask_sources(masks: Any) -> list[str | None] | None:
 
 def synthesis_checks(cfg: Config) -> list[tuple[bool, str]]:
     """Checks of the styles, schedule, output and averaging options."""
-    styles, blend = style_sources(cfg), cfg.pair.style_blend
+    styles = style_sources(cfg)
     return [
         (bool(styles), "pair.style=[]: give at least one style image"),
-        (
-            not blend or len(blend) == len(styles),
-            f"pair.style_blend has {len(blend or [])} weights for {len(styles)} styles: give one each",
-        ),
-        (
-            not blend or (all(_finite_at_least(w, 0) for w in blend) and max(blend) > 0),
-            f"pair.style_blend={list(blend or [])}: weights must be finite, >= 0 and not all 0",
-        ),
         (cfg.style_scale > 0, f"style_scale={cfg.style_scale}: must be > 0"),
         (
             cfg.style_size is None or cfg.style_scale == 1.0,
             f"style_size={cfg.style_size} and style_scale={cfg.style_scale} both set: "
             "use one (style_size is absolute, style_scale relative to each stage)",
         ),
-        (cfg.keep in KEEPS, f"keep={cfg.keep}: use last or best"),
-        (cfg.tv_loss in TV_KINDS, f"tv_loss={cfg.tv_loss}: use l1 or l2"),
-        (0 <= cfg.optim.ema < 1, f"optim.ema={cfg.optim.ema}: use 0 (off) or a decay in (0, 1)"),
         (cfg.optim.tolerance >= 0, f"optim.tolerance={cfg.optim.tolerance}: must be >= 0"),
-        (
-            cfg.optim.line_search in LINE_SEARCHES,
-            f"optim.line_search={cfg.optim.line_search}: use auto, none or armijo",
-        ),
-        (
-            resolve_line_search(cfg.optim.name, cfg.optim.line_search) == "none"
-            or cfg.optim.name == "lbfgs",
-            f"optim.line_search={cfg.optim.line_search} is for optim=lbfgs only",
-        ),
         (cfg.optim.window >= 1, f"optim.window={cfg.optim.window}: must be >= 1"),
         *perceptual_checks(cfg, len(styles)),
     ]
@@ -421,10 +334,6 @@ def perceptual_checks(cfg: Config, style_count: int) -> list[tuple[bool, str]]:
         (
             cfg.color.histogram_method in HISTOGRAM_METHODS,
             f"color.histogram_method={cfg.color.histogram_method}: use cholesky or eigen",
-        ),
-        (
-            cfg.style_loss in STYLE_STATISTICS,
-            f"style_loss={cfg.style_loss}: use one of {', '.join(STYLE_STATISTICS)}",
         ),
         (
             masks is None or len(masks) == style_count,

@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stylelab.components import optim_settings, terms_of
 from stylelab.config import Config, mask_sources, style_sources
 from stylelab.engine.color import finish_color, prepare_color_inputs
 from stylelab.engine.device import resolve_device
-from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features, parse_layers
+from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features
 from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
-from stylelab.engine.loop import LoopSettings, OptimSettings, Prepare, Present, Synthesis
+from stylelab.engine.loop import LoopSettings, Prepare, Present, Synthesis
 from stylelab.engine.masks import load_mask
-from stylelab.engine.objective import Objective, gatys_terms
+from stylelab.engine.objective import Objective, encoder_layers
 from stylelab.engine.schedule import Stage, make_schedule
 from stylelab.engine.sources import load_source
-from stylelab.engine.statistics import style_statistic
 from stylelab.engine.synthesis import default_precision, initial_image
 from stylelab.errors import ImageError, StyleLabError
 
@@ -239,30 +239,20 @@ def build_synthesis(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sources = sources or SourceImages.load(cfg, shared)
-    style_layers, content_layers = parse_layers(cfg.layers.style), parse_layers(cfg.layers.content)
+    terms = terms_of(cfg)
     vgg = load_vgg(cfg, shared)
-    encoder = VGGFeatures(vgg, style_layers + content_layers, cfg.model.pooling)
+    encoder = VGGFeatures(vgg, encoder_layers(terms), cfg.model.pooling)
     stages = schedule_of(cfg)
     images = StageImages(sources, cfg, device, shared)
     check_sizes(images, stages, encoder)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    objective = Objective(encoder.to(device, memory_format=memory_format), terms_of(cfg))
+    objective = Objective(encoder.to(device, memory_format=memory_format), terms)
     synthesis = Synthesis(
         objective=objective,
         stage_images=images,
         start_image=start_image(cfg, device, shared),
         stages=stages,
-        optim=OptimSettings(
-            name=cfg.optim.name,
-            lr=cfg.optim.lr,
-            history_size=cfg.optim.history_size,
-            precision=precision,
-            ema=cfg.optim.ema,
-            keep=cfg.keep,
-            line_search=cfg.optim.line_search,
-            cuda_graph=cfg.optim.cuda_graph,
-            batch_invariant=cfg.batch_invariant,
-        ),
+        optim=optim_settings(cfg, precision),
         loop=LoopSettings(cfg.log.image_every, cfg.log.flush_every, cfg.log.checkpoint_every),
         blend=cfg.pair.style_blend,
         **perceptual_hooks(cfg, device),
@@ -287,25 +277,6 @@ def color_hooks(cfg: Config) -> tuple[Prepare | None, Present | None]:
         prepare = partial(prepare_color_inputs, mode=mode, method=method)
     present = partial(finish_color, mode=mode) if mode in ("luminance", "original") else None
     return prepare, present
-
-
-def terms_of(cfg: Config) -> list:
-    """The objective's terms from the layer selection, the loss weights and `style_loss`."""
-    statistic = style_statistic(cfg.style_loss)
-    try:
-        return gatys_terms(
-            parse_layers(cfg.layers.content),
-            parse_layers(cfg.layers.style),
-            content_weight=cfg.content_weight,
-            style_weight=cfg.style_weight,
-            tv_weight=cfg.tv_weight,
-            content_layer_weights=cfg.layers.content_weights,
-            style_layer_weights=cfg.layers.style_weights,
-            tv_loss=cfg.tv_loss,
-            statistic=statistic,
-        )
-    except ValueError as error:
-        raise StyleLabError(f"{error}: give one weight per layer") from None
 
 
 def schedule_of(cfg: Config) -> list[Stage]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from stylelab.components import optimizer_of
 from stylelab.config import Config
+from stylelab.engine.optimizers import OptimizerMaker, loose_maker
 from stylelab.errors import StyleLabError
 
 MEMINFO = Path("/proc/meminfo")
@@ -19,11 +21,13 @@ class ResourceError(StyleLabError):
     """Not enough memory or disk, or a folder that cannot be written."""
 
 
-def memory_estimate_gib(pixels: int, history_size: int, optimizer: str) -> float:
-    """Rough need: VGG activations kept for backward (~1.6 KB/pixel fp32) + optimiser history."""
+def memory_estimate_gib(pixels: int, history_size: int, optimizer: str | OptimizerMaker) -> float:
+    """Rough need: VGG activations kept for backward (~1.6 KB/pixel fp32) + the image-sized
+    copies the optimiser keeps (its kind's `memory_copies`; by name: with `history_size`)."""
+    if isinstance(optimizer, str):
+        optimizer = loose_maker(optimizer, history_size=history_size)
     activations = pixels * 1600
-    copies = 2 * history_size + 3 if optimizer == "lbfgs" else 3
-    return (activations + pixels * 3 * 4 * copies) / 2**30
+    return (activations + pixels * 3 * 4 * optimizer.memory_copies()) / 2**30
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
@@ -44,7 +48,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
 def check_memory(cfg: Config, device: torch.device, pixels: int) -> None:
     """Refuse a run whose estimated memory need exceeds what `device` has free."""
     available = available_memory_bytes(device)
-    need = memory_estimate_gib(pixels, cfg.optim.history_size, cfg.optim.name)
+    need = memory_estimate_gib(pixels, cfg.optim.history_size, optimizer_of(cfg.optim))
     if available is None or need * 2**30 <= available:
         return
     raise ResourceError(

@@ -22,8 +22,10 @@ import torch
 from stylelab.engine.cuda_graph import StepPath, combined
 from stylelab.engine.images import tensor_to_uint8
 from stylelab.engine.objective import Objective
+from stylelab.engine.optimizers import OptimizerMaker, optimizer_maker
+from stylelab.engine.options import check_choice
 from stylelab.engine.schedule import Stage
-from stylelab.engine.synthesis import TRIAL, Synthesizer, upsample
+from stylelab.engine.synthesis import KEEPS, TRIAL, Synthesizer, check_ema, upsample
 
 Row = dict[str, float]
 # size -> (content, [styles]) on the device, resized for a stage of that size
@@ -50,18 +52,23 @@ def evaluated(row: Row) -> float:
 
 @dataclass
 class OptimSettings:
-    """How each stage's `Synthesizer` optimises (see its docstring)."""
+    """How each stage's `Synthesizer` optimises (see its docstring): `optimizer` builds each
+    stage's optimiser (a registered kind with its options; default L-BFGS with a line search)."""
 
-    name: str = "lbfgs"
-    lr: float = 1.0
-    history_size: int = 100
+    optimizer: OptimizerMaker = field(default_factory=lambda: optimizer_maker("lbfgs"))
     precision: str = "fp32"
     ema: float = 0.0
     keep: str = "best"  # best | last: which iterate a stage hands on and the run returns
-    line_search: str = "auto"  # auto (L-BFGS: armijo, Adam: none) | none | armijo
     cuda_graph: bool | None = None
-    history_dtype: str = "auto"
     batch_invariant: bool = False  # convolutions that round alike in any batch (CPU, slower)
+
+    def __post_init__(self) -> None:
+        check_ema(self.ema)
+        check_choice("keep", self.keep, KEEPS)
+
+    @property
+    def name(self) -> str:
+        return self.optimizer.name
 
 
 FRAMES_PER_RUN = 30  # frames a run shows when `image_every` is not given
@@ -206,9 +213,9 @@ class Synthesis:
         """The `Synthesizer` of `stage`, from `image` (`previous`: the stage before's)."""
         o = self.optim
         return Synthesizer(
-            self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,
-            o.history_dtype, line_search=o.line_search, ema=o.ema, first_step=stage.first_step,
-            previous=previous, batch_invariant=o.batch_invariant,
+            self.objective, image, o.optimizer, precision=o.precision, cuda_graph=o.cuda_graph,
+            ema=o.ema, first_step=stage.first_step, previous=previous,
+            batch_invariant=o.batch_invariant,
         )  # fmt: skip
 
     # Stepping by hand (tests, benchmarks): stage 0 starts a fresh run state, later ones go on.

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from stylelab.engine.features import VGGFeatures
+from stylelab.engine.options import OptionError
 from stylelab.engine.statistics import StyleStatistic, normalise_weights
-from stylelab.engine.terms import ContentTerm, StyleTerm, Targets, Term, TVTerm
+from stylelab.engine.terms import Targets, Term, build_terms
 
 
 class Objective(nn.Module):
@@ -85,19 +86,17 @@ def normalised_blend(blend: Sequence[float] | None, count: int) -> list[float]:
     if not blend:
         return [1.0 / count] * count if count > 1 else [1.0]
     if len(blend) != count:
-        raise ValueError(f"{len(blend)} blend weights given for {count} style images")
-    return normalise_weights(blend)
-
-
-def layer_weights(weights: Sequence[float] | None, layers: Sequence[int], kind: str) -> list[float]:
-    """One weight per layer: the given ones, or 1 each."""
-    if weights is None or len(weights) == 0:
-        return [1.0] * len(layers)
-    if len(weights) != len(layers):
-        raise ValueError(
-            f"{len(weights)} {kind} layer weights given for {len(layers)} {kind} layers"
+        raise OptionError(
+            "blend",
+            f" has {len(blend)} weights for {count} styles ({len(blend)} blend weights given "
+            f"for {count} style images): give one each",
         )
-    return [float(w) for w in weights]
+    try:
+        return normalise_weights(blend)
+    except ValueError:
+        raise OptionError(
+            "blend", f"={list(blend)}: weights must be finite, >= 0 and not all 0"
+        ) from None
 
 
 def gatys_terms(
@@ -111,21 +110,19 @@ def gatys_terms(
     tv_loss: str = "l1",
     statistic: StyleStatistic | None = None,
 ) -> list[Term]:
-    """The write-up's terms: content MSE and style loss per layer (global x per-layer weight),
-    TV. The style terms use `statistic` (default: Gram matrices, as the write-up)."""
-    content_w = layer_weights(content_layer_weights, content_layers, "content")
-    style_w = layer_weights(style_layer_weights, style_layers, "style")
+    """The write-up's terms (a shorthand for tests and benchmarks; the runner builds terms from
+    config nodes): content MSE and style loss per layer (global x per-layer weight), TV. The
+    style terms use `statistic` (default: Gram matrices, as the write-up)."""
     return [
-        *(
-            ContentTerm(content_weight * w, layer)
-            for layer, w in zip(content_layers, content_w, strict=True)
-        ),
-        *(
-            StyleTerm(style_weight * w, layer, statistic)
-            for layer, w in zip(style_layers, style_w, strict=True)
-        ),
-        TVTerm(tv_weight, norm=tv_loss),
+        *build_terms("content", content_weight, content_layers, content_layer_weights),
+        *build_terms("style", style_weight, style_layers, style_layer_weights, statistic=statistic),
+        *build_terms("tv", tv_weight, norm=tv_loss),
     ]
+
+
+def encoder_layers(terms: Sequence[Term]) -> list[int]:
+    """The VGG layers `terms` read, shallowest first: what their encoder must return."""
+    return sorted({term.layer for term in terms if term.layer is not None})
 
 
 def gatys_objective(

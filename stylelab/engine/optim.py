@@ -40,9 +40,20 @@ The Synthesizer logs the iterate (the last accepted point: its total never rises
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+from stylelab.engine.optimizers import (
+    OptimizerMaker,
+    PixelOptimizer,
+    Placement,
+    loose_maker,
+    register_optimizer,
+)
+from stylelab.engine.options import OptionError, check_positive
 
 HISTORY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _STATE_KEYS = ("history", "sy", "yy", "rho", "gamma", "prev_flat", "prev_grad", "steps", "stored")
@@ -50,11 +61,38 @@ _SEARCH_KEYS = ("direction", "base_loss", "trial_step", "rejections", "accepted"
 LINE_SEARCHES = ("auto", "none", "armijo")  # auto: armijo for L-BFGS, none for Adam
 
 
-def resolve_line_search(optimizer: str, line_search: str) -> str:
-    """`line_search="auto"` made concrete: armijo for L-BFGS, none for any other optimiser."""
-    if line_search != "auto":
-        return line_search
-    return "armijo" if optimizer == "lbfgs" else "none"
+def resolve_line_search(line_search: str) -> str:
+    """L-BFGS's `line_search="auto"` made concrete: armijo (other kinds have none)."""
+    return "armijo" if line_search == "auto" else line_search
+
+
+def _check_line_search(line_search: str, searches: tuple[str, ...] = LINE_SEARCHES) -> None:
+    if line_search not in LINE_SEARCHES:
+        raise OptionError("line_search", f"={line_search}: use auto, none or armijo")
+    if line_search not in searches:
+        raise OptionError(
+            "line_search", f"={line_search} is for optim=lbfgs only (L-BFGS only has a line search)"
+        )
+
+
+@dataclass(frozen=True)
+class LBFGSOptions:
+    """`optim=lbfgs`'s options (README "Convergence")."""
+
+    lr: float = 1.0
+    history_size: int = 100
+    line_search: str = "auto"  # auto (armijo) | none | armijo
+    history_dtype: str = "auto"  # auto (bf16 on CUDA with bf16 precision) | fp32 | bf16
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        if self.history_size < 1:
+            raise OptionError("history_size", f"={self.history_size}: must be >= 1")
+        _check_line_search(self.line_search)
+        if self.history_dtype not in ("auto", *HISTORY_DTYPES):
+            raise OptionError(
+                "history_dtype", f"={self.history_dtype}: unknown history_dtype: use fp32 or bf16"
+            )
 
 
 def _matmul(
@@ -75,12 +113,16 @@ def _supports_out_dtype(device: torch.device) -> bool:
         return False
 
 
-class LBFGS:
+@register_optimizer
+class LBFGS(PixelOptimizer):
     """Limited-memory BFGS over one flat parameter tensor, one gradient evaluation per step.
 
     `history_dtype="bf16"` stores the s/y history in bfloat16 (half the memory, for large
     images); dot products are still accumulated in fp32.
     """
+
+    name = "lbfgs"
+    Options = LBFGSOptions
 
     def __init__(
         self,
@@ -94,15 +136,12 @@ class LBFGS:
         max_backtracks: int = 10,
         bounds: tuple[float, float] | None = None,
     ):
-        if history_size < 1:
-            raise ValueError("history_size must be at least 1")
-        if history_dtype not in HISTORY_DTYPES:
-            raise ValueError(f"unknown history_dtype '{history_dtype}': use fp32 or bf16")
-        if line_search not in LINE_SEARCHES:
-            raise ValueError(f"unknown line_search '{line_search}': use auto, none or armijo")
+        LBFGSOptions(lr, history_size, line_search, history_dtype)  # the checks
+        if history_dtype == "auto":
+            history_dtype = "fp32"  # (`build` resolves auto from the device and precision)
         if max_backtracks < 1:
             raise ValueError("max_backtracks must be at least 1")
-        line_search = resolve_line_search("lbfgs", line_search)
+        line_search = resolve_line_search(line_search)
         self.param, self.lr, self.history_size, self.eps = param, lr, history_size, eps
         n, m, device = param.numel(), history_size, param.device
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -127,6 +166,26 @@ class LBFGS:
         self.trial_step = torch.zeros((), device=device, dtype=self.dtype)  # t: param = x_b + t d
         self.rejections = torch.zeros((), dtype=torch.long, device=device)  # in a row
         self.accepted = torch.ones((), dtype=torch.bool, device=device)  # last point evaluated
+
+    @classmethod
+    def build(cls, param: torch.Tensor, options: Any, placement: Placement) -> LBFGS:
+        history_dtype = options.history_dtype
+        if history_dtype == "auto":
+            bf16 = param.device.type == "cuda" and placement.precision == "bf16"
+            history_dtype = "bf16" if bf16 else "fp32"
+        return cls(
+            param, lr=options.lr, history_size=options.history_size, history_dtype=history_dtype,
+            line_search=options.line_search, bounds=placement.bounds,
+        )  # fmt: skip
+
+    @classmethod
+    def memory_copies(cls, options: Any) -> float:
+        """The s and y history, and param, grad and direction."""
+        return 2 * options.history_size + 3
+
+    @property
+    def searching(self) -> bool:  # type: ignore[override]
+        return self.line_search != "none"
 
     def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _matmul(a, b, self.history.dtype, self.dtype, self._out_dtype)
@@ -327,11 +386,28 @@ class LBFGS:
             current.copy_(value)
 
 
-class Adam:
+@dataclass(frozen=True)
+class AdamOptions:
+    """`optim=adam`'s options."""
+
+    lr: float = 0.02
+    line_search: str = "auto"  # auto or none: Adam has no line search
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        _check_line_search(self.line_search, ("auto", "none"))
+
+
+@register_optimizer
+class Adam(PixelOptimizer):
     """torch.optim.Adam over the image, with the same `step(grad)` interface as `LBFGS`.
 
-    `capturable=True` (CUDA only) keeps the step count on the device, for CUDA graphs.
+    `capturable=True` (CUDA only) keeps the step count on the device, for CUDA graphs. Its
+    moments carry over to the next stage, resized (as crowsonkb does).
     """
+
+    name = "adam"
+    Options = AdamOptions
 
     def __init__(
         self,
@@ -359,6 +435,23 @@ class Adam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)
 
+    @classmethod
+    def build(cls, param: torch.Tensor, options: Any, placement: Placement) -> Adam:
+        return cls(param, lr=options.lr, capturable=placement.capturable)
+
+    def carry_from(self, previous: PixelOptimizer) -> None:
+        """The step count and moments of `previous` (an Adam), resized to this image."""
+        states = list(previous.optimizer.state.values()) if isinstance(previous, Adam) else []
+        if not states:
+            return
+        old_state = states[0]
+        size = tuple(self.param.shape[-2:])
+        state = {"step": old_state["step"].clone()}
+        for key in ("exp_avg", "exp_avg_sq"):
+            moment = F.interpolate(old_state[key], size=size, mode="bilinear", align_corners=False)
+            state[key] = moment.clamp_min(0) if key == "exp_avg_sq" else moment
+        self.optimizer.state[self.param] = state
+
 
 def make_optimizer(
     name: str,
@@ -369,18 +462,11 @@ def make_optimizer(
     capturable: bool = False,
     line_search: str = "none",
     bounds: tuple[float, float] | None = None,
-) -> LBFGS | Adam:
-    """`lbfgs` or `adam` over `param` (`capturable`: Adam's state ready for CUDA graphs;
-    `line_search`: auto, none or armijo (L-BFGS only; auto: armijo for L-BFGS, none for Adam);
-    `bounds`: the box L-BFGS's trials stay in)."""
-    line_search = resolve_line_search(name, line_search)
-    if name == "lbfgs":
-        return LBFGS(
-            param, lr=lr, history_size=history_size, history_dtype=history_dtype,
-            line_search=line_search, bounds=bounds,
-        )  # fmt: skip
-    if line_search != "none":
-        raise ValueError(f"line_search={line_search} is for L-BFGS only (optimizer '{name}')")
-    if name == "adam":
-        return Adam(param, lr=lr, capturable=capturable)
-    raise ValueError(f"unknown optimizer '{name}': use lbfgs or adam")
+) -> PixelOptimizer:
+    """A registered optimiser over `param` from loose settings (those its kind lacks are
+    ignored; `line_search`: auto, none or armijo; `bounds`: the box L-BFGS's trials stay in)."""
+    maker: OptimizerMaker = loose_maker(
+        name, lr=lr, history_size=history_size, history_dtype=history_dtype,
+        line_search=line_search,
+    )  # fmt: skip
+    return maker(param, Placement(capturable=capturable, bounds=bounds))

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.objective import Objective
-from stylelab.engine.optim import Adam, make_optimizer
+from stylelab.engine.optimizers import OptimizerMaker, Placement, loose_maker
+from stylelab.engine.options import OptionError
 
 INITS = ("content", "noise", "style", "image")
 KEEPS = ("last", "best")
@@ -97,12 +98,17 @@ _BEST_KEYS = ("image", "total", "index", "count")
 TRIAL = "trial/total"  # with a line search: the total of the point evaluated (maybe rejected)
 
 
+def check_ema(ema: float) -> None:
+    """`ema`: 0 (no averaged image) or an averaging decay in (0, 1)."""
+    if not 0 <= ema < 1:
+        raise OptionError("ema", f"={ema}: use 0 (off) or a decay in (0, 1), e.g. 0.9")
+
+
 class AveragedImage:
     """Exponential moving average of the image with bias correction (as crowsonkb's EMA)."""
 
     def __init__(self, image: torch.Tensor, decay: float):
-        if not 0 < decay < 1:
-            raise ValueError(f"optim.ema={decay}: use 0 (off) or a decay in (0, 1), e.g. 0.9")
+        check_ema(decay)
         self.decay = decay
         self.sum = torch.zeros_like(image)
         self.weight = torch.zeros((), device=image.device)  # 1 - decay**updates
@@ -126,49 +132,46 @@ class AveragedImage:
 class Synthesizer:
     """Holds the image being optimised and its optimiser; `step()` does one evaluation.
 
+    `optimizer` is an `OptimizerMaker` (see `optimizers`), or a registered name whose options
+    are `lr`, `history_size` and `options` (a fixed step unless `line_search` is given).
     `precision="bf16"` runs the VGG forward and backward under bfloat16 autocast; Gram
     matrices and losses are always fp32. `cuda_graph` (default: on for CUDA) replays each
     whole step (forward, backward, optimiser update, clamp, best and average bookkeeping) as
-    one CUDA graph after three eager warm-up steps; elsewhere steps run eagerly.
-    `history_dtype="bf16"` stores the L-BFGS history in bfloat16; `auto` does so on CUDA with
-    bf16 precision, where the gradients themselves come from bf16 arithmetic. `ema` (0: off)
+    one CUDA graph after three eager warm-up steps; elsewhere steps run eagerly. `ema` (0: off)
     keeps an averaged image; `first_step` is the global index of this stage's first step;
-    `previous` is the synthesizer of the stage before, whose Adam moments carry over (resized).
-    `batch_invariant` computes convolutions without oneDNN (see `convolutions`).
+    `previous` is the synthesizer of the stage before, whose optimiser state carries over as its
+    kind decides (Adam: its moments, resized). `batch_invariant` computes convolutions without
+    oneDNN (see `convolutions`).
     """
 
     def __init__(
         self,
         loss: Objective,
         image: torch.Tensor,
-        optimizer: str = "lbfgs",
+        optimizer: OptimizerMaker | str = "lbfgs",
         lr: float = 1.0,
         history_size: int = 100,
+        *,
         precision: str = "fp32",
         cuda_graph: bool | None = None,
-        history_dtype: str = "auto",
         ema: float = 0.0,
         first_step: int = 0,
         previous: Synthesizer | None = None,
-        line_search: str = "none",
         batch_invariant: bool = False,
+        **options: Any,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision '{precision}': use fp32 or bf16")
         self.loss = loss
         self.image = image.detach().clone().contiguous()
-        on_cuda = self.image.device.type == "cuda"
         self.planned = planned_path(self.image.device, cuda_graph)
         use_graph = self.planned.path == "cuda_graph"
-        if history_dtype == "auto":
-            history_dtype = "bf16" if on_cuda and precision == "bf16" else "fp32"
-        self.optimizer = make_optimizer(
-            optimizer, self.image, lr=lr, history_size=history_size,
-            history_dtype=history_dtype, capturable=use_graph, line_search=line_search,
-            bounds=(0.0, 1.0),
-        )  # fmt: skip
-        if previous is not None and isinstance(previous.optimizer, Adam):
-            carry_adam_moments(previous.optimizer, self.optimizer)
+        if isinstance(optimizer, str):
+            settings = {"lr": lr, "history_size": history_size, "line_search": "none", **options}
+            optimizer = loose_maker(optimizer, **settings)
+        self.optimizer = optimizer(self.image, Placement(capturable=use_graph, precision=precision))
+        if previous is not None:
+            self.optimizer.carry_from(previous.optimizer)
         self.precision, self.batch_invariant = precision, batch_invariant
         self.step_count = first_step
         self.keys: list[str] = []
@@ -209,7 +212,7 @@ class Synthesizer:
     @property
     def searching(self) -> bool:
         """Whether the optimiser has a line search (it may reject the point just evaluated)."""
-        return getattr(self.optimizer, "line_search", "none") != "none"
+        return self.optimizer.searching
 
     def update(self, terms: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
         """Take the step for the evaluated `terms` and `grad` (in place, no host sync); returns
@@ -304,17 +307,3 @@ def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image.clone()
     return F.interpolate(image, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def carry_adam_moments(old: Adam, new: Adam) -> None:
-    """Give `new` the step count and moments of `old`, resized to its image (as crowsonkb does)."""
-    states = list(old.optimizer.state.values())
-    if not states:
-        return
-    old_state = states[0]
-    size = tuple(new.param.shape[-2:])
-    state = {"step": old_state["step"].clone()}
-    for key in ("exp_avg", "exp_avg_sq"):
-        moment = F.interpolate(old_state[key], size=size, mode="bilinear", align_corners=False)
-        state[key] = moment.clamp_min(0) if key == "exp_avg_sq" else moment
-    new.optimizer.state[new.param] = state

@@ -16,8 +16,23 @@ __all__ = [
     "RunInfo",
     "Tracker",
     "TrackerError",
+    "check_settings",
     "make_tracker",
 ]
+
+NAMES = ("wandb", "none")
+
+
+def check_settings(name: str, options: dict, tags: list[str]) -> None:
+    """The tracker `name`'s rules for its `options` (the logger config) and run `tags`, checked
+    before a job starts; raises `TrackerError`."""
+    if name not in NAMES:
+        raise TrackerError(f"logger={name}: use {' or '.join(NAMES)}")
+    if name == "wandb":
+        from stylelab.tracking import wandb_tracker
+
+        artifacts = options.get("artifacts", ("result",))
+        wandb_tracker.check_settings(options["mode"], options["project"], artifacts, tags)
 
 
 def make_tracker(name: str, **options) -> Tracker:
@@ -28,4 +43,4 @@ def make_tracker(name: str, **options) -> Tracker:
         from stylelab.tracking.wandb_tracker import WandbTracker
 
         return BackgroundTracker(WandbTracker(**options))
-    raise TrackerError(f"logger.name={name}: use wandb or none")
+    raise TrackerError(f"logger.name={name}: use {' or '.join(NAMES)}")

@@ -34,6 +34,7 @@ MODES = ("auto", "online", "offline", "disabled")
 THUMBNAIL = 128
 PROJECT_MAX_LEN = 128  # wandb.Settings.validate_project
 PROJECT_BAD_CHARS = "/\\#?%:"
+TAG_MAX_LEN = 64
 FILE_FLUSH_SECONDS = 0.25  # how often W&B writes its buffered records to the .wandb file
 WRITE_TIMEOUT_SECONDS = 10.0  # how long flush() waits for W&B to write before calling it lost
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -60,10 +61,14 @@ def clear_blank_mode() -> None:
         del os.environ["WANDB_MODE"]
 
 
-def resolve_mode(mode: str) -> str:
-    """`auto`: WANDB_MODE if set, else online with an API key and offline without."""
+def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise TrackerError(f"logger.mode={mode}: use one of {', '.join(MODES)}")
+
+
+def resolve_mode(mode: str) -> str:
+    """`auto`: WANDB_MODE if set, else online with an API key and offline without."""
+    check_mode(mode)
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE", "").strip().lower()
@@ -72,15 +77,54 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_api_key() else "offline"
 
 
+def project_problem(project: str) -> str | None:
+    """W&B's own rule for project names: what is wrong with `project`, or None."""
+    bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})
+    if project.strip() and len(project) <= PROJECT_MAX_LEN and not bad:
+        return None
+    return (
+        f"needs 1 to {PROJECT_MAX_LEN} characters (this has {len(project)}) and none of "
+        f"{' '.join(PROJECT_BAD_CHARS)}" + (f" (found {' '.join(bad)})" if bad else "")
+    )
+
+
 def check_project(project: str) -> None:
     """W&B's own rule for project names, checked before anything starts."""
-    bad = sorted({char for char in project if char in PROJECT_BAD_CHARS})
-    if not project.strip() or len(project) > PROJECT_MAX_LEN or bad:
+    problem = project_problem(project)
+    if problem:
+        raise TrackerError(f"logger.project={project!r}: a W&B project name {problem}")
+
+
+def check_artifacts(artifacts: list[str] | tuple[str, ...]) -> None:
+    unknown = [kind for kind in artifacts if kind not in ARTIFACT_KINDS]
+    if unknown:
         raise TrackerError(
-            f"logger.project={project!r}: a W&B project name needs 1 to {PROJECT_MAX_LEN} "
-            f"characters and none of {' '.join(PROJECT_BAD_CHARS)}"
-            + (f" (found {' '.join(bad)})" if bad else f" (has {len(project)})")
+            f"logger.artifacts={list(artifacts)}: {', '.join(map(str, unknown))} is not an "
+            f"artifact kind; use a list of {', '.join(ARTIFACT_KINDS)} ([] for none)"
         )
+
+
+def check_tags(tags: list[str]) -> None:
+    for tag in tags:
+        if len(str(tag)) > TAG_MAX_LEN:
+            raise TrackerError(
+                f"W&B tag {str(tag)[:40]}... (from logger.tags or a pair, layers or optim name): "
+                f"W&B tags have at most {TAG_MAX_LEN} characters"
+            )
+
+
+def check_settings(
+    mode: str, project: str, artifacts: list[str] | tuple[str, ...], tags: list[str]
+) -> None:
+    """The logger's settings by W&B's rules, before a job starts (validation; the project's
+    line names it as given, shortened)."""
+    check_mode(mode)
+    problem = project_problem(project or "")
+    if problem:
+        shown = f"{project[:40]}{'...' if len(project) > 40 else ''}"
+        raise TrackerError(f"logger.project={shown}: W&B {problem}")
+    check_artifacts(artifacts)
+    check_tags(tags)
 
 
 class _StopWaiting(BaseException):
@@ -173,11 +217,7 @@ class WandbTracker(Tracker):
             raise TrackerError(f"logger.init_timeout={init_timeout}: must be > 0 seconds")
         self.project, self.entity, self.job_type, self.notes = project, entity, job_type, notes
         self.init_timeout = float(init_timeout)
-        unknown = [kind for kind in artifacts if kind not in ARTIFACT_KINDS]
-        if unknown:
-            raise TrackerError(
-                f"logger.artifacts={list(artifacts)}: use a list of {', '.join(ARTIFACT_KINDS)}"
-            )
+        check_artifacts(artifacts)
         self.artifacts = set(artifacts)
         self.run: Any = None
         self.run_id: str | None = None
