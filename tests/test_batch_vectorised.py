@@ -163,7 +163,9 @@ def test_the_vectorised_step_follows_the_per_job_step(line_search: str) -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("optim", ["optim.line_search=armijo", "optim.line_search=none", "optim=adam"])
+@pytest.mark.parametrize(
+    "optim", ["optim.line_search=armijo", "optim.line_search=none", "optim=adam"]
+)
 def test_the_vectorised_step_reads_nothing_back(optim: str) -> None:
     members = synths(MIXED, optim)
     step = batched_step(members)

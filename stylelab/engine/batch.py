@@ -135,7 +135,12 @@ class BatchedStep:
 
     def _each_job(self, batch: torch.Tensor) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
         """Each job's objective on its slice of the batch's features, one after another."""
-        features = self.encoder(batch)
+        return self.evaluate_each(self.encoder(batch), batch)
+
+    def evaluate_each(
+        self, features: dict[int, torch.Tensor], batch: torch.Tensor
+    ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """Each job's terms from the batch's `features`, and the sum of the jobs' totals."""
         results = [
             s.loss.evaluate(
                 {layer: features[layer][k : k + 1] for layer in s.loss.encoder.layers},

@@ -107,7 +107,9 @@ class BatchedLBFGS(LBFGS):
         slot, low = self.stored % m, self.history.dtype
         rows = torch.stack([slot, slot + m], dim=1)[:, :, None].expand(k, 2, n)
         new = torch.where(
-            valid[:, None, None], torch.stack([s.to(low), y.to(low)], 1), self.history.gather(1, rows)
+            valid[:, None, None],
+            torch.stack([s.to(low), y.to(low)], 1),
+            self.history.gather(1, rows),
         )
         self.history.scatter_(1, rows, new)
         g = grad if project is None else project
@@ -143,7 +145,9 @@ class BatchedLBFGS(LBFGS):
             upper=False,
         )[:, :, 0]
         back = (self._slots[None, :] - self.stored[:, None]) % m
-        coefficients = torch.cat([(alpha - beta).gather(1, back), -gamma * alpha.gather(1, back)], 1)
+        coefficients = torch.cat(
+            [(alpha - beta).gather(1, back), -gamma * alpha.gather(1, back)], 1
+        )
         correction = self._matmul(coefficients[:, None, :], self.history)[:, 0]
         return -(gamma * grad + correction)
 
@@ -198,7 +202,9 @@ class BatchedLBFGS(LBFGS):
         )
         new_direction = self._direction(free_grad, projections) * free
         descent = _dot(grad, new_direction) < 0
-        new_direction = torch.where(descent[:, None], new_direction, -self.gamma[:, None] * free_grad)
+        new_direction = torch.where(
+            descent[:, None], new_direction, -self.gamma[:, None] * free_grad
+        )
         rejections = torch.where(accept, 0, self.rejections + 1)
         restart = rejections >= self.max_backtracks
         self.rho.mul_((~restart).to(self.dtype)[:, None])

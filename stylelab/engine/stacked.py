@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from stylelab.engine.losses import gram_matrix
 from stylelab.engine.objective import Objective
 from stylelab.engine.statistics import GramStatistic, GramStyleLoss
 from stylelab.engine.terms import ContentTerm, Features, StyleTerm, Term, TVTerm
@@ -52,6 +51,35 @@ def _tv(image: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l2":
         return 0.5 * (dx.square().mean(dims) + dy.square().mean(dims))
     return 0.5 * (dx.abs().mean(dims) + dy.abs().mean(dims))
+
+
+class _GramMSE(torch.autograd.Function):
+    """Per image, the mean squared difference of the Gram matrix (normalised as
+    `losses.gram_matrix` does, fp32) from its target, (J,), with the gradient in closed form
+    (4 alpha / C^2) D F for D = alpha F F^T - T. One (J, C, C) temporary in all, where autograd
+    through gram, divide, subtract, square and mean makes eight: at C = 512 they are 16 MiB
+    each for 16 jobs, and fresh large allocations cost page faults."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        c, pixels = flat.shape[1], flat.shape[2]
+        alpha = 1 / (c * pixels)
+        difference = torch.baddbmm(targets, flat, flat.transpose(1, 2), beta=-1, alpha=alpha)
+        ctx.save_for_backward(flat, difference)
+        ctx.scale = 4 * alpha / (c * c)
+        return torch.linalg.vector_norm(difference, dim=(1, 2)).square() / (c * c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        flat, difference = ctx.saved_tensors
+        return torch.bmm(difference, flat) * (grad * ctx.scale)[:, None, None], None
+
+
+def _gram_mse(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`_GramMSE` of (J, C, H, W) features, autocast off (Gram matrices are fp32)."""
+    n, c, h, w = features.shape
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return _GramMSE.apply(features.reshape(n, c, h * w).float(), targets)
 
 
 class _Group(nn.Module):
@@ -86,8 +114,7 @@ class _Group(nn.Module):
             return self.weights * _tv(source.float(), self.norm)  # type: ignore[arg-type]
         if self.kind == "content":
             return self.weights * (source.float() - self.targets).square().mean((1, 2, 3))
-        gram = gram_matrix(source)
-        return self.weights * (gram - self.targets).square().mean((1, 2))
+        return self.weights * _gram_mse(source, self.targets)
 
 
 class StackedObjective(nn.Module):
@@ -118,7 +145,9 @@ class StackedObjective(nn.Module):
                 (self.single if key is None else grouped[key]).append((job, slot, term))
             slot_of.append(own)
             kinds += [kind for kind in objective.kinds if kind not in kinds]
-        self.groups = nn.ModuleList(_Group(key, members, device) for key, members in grouped.items())
+        self.groups = nn.ModuleList(
+            _Group(key, members, device) for key, members in grouped.items()
+        )
         self.size, self.slot_count = len(objectives), len(slot_kinds)
         self.kinds = kinds
         self.kind_slots = [
@@ -129,7 +158,9 @@ class StackedObjective(nn.Module):
         self.columns: list[torch.Tensor] = []
         total_column = self.slot_count + len(kinds)
         for job, objective in enumerate(objectives):
-            layered = [s for s, t in zip(slot_of[job], objective.terms, strict=True) if t.layer is not None]
+            layered = [
+                s for s, t in zip(slot_of[job], objective.terms, strict=True) if t.layer is not None
+            ]
             own_kinds = [self.slot_count + kinds.index(kind) for kind in objective.kinds]
             columns = [*layered, *own_kinds, total_column]
             self.columns.append(torch.tensor(columns, device=device))
