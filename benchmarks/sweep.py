@@ -136,16 +136,14 @@ def step_shares(args: argparse.Namespace, vectorised: bool, repeats: int = 5) ->
             for k, (s, terms) in enumerate(zip(synths, rows, strict=True)):
                 s.update(terms, grad[k : k + 1])
 
-    timings = {}
-    for name, run in (("step", step), ("objectives", objectives), ("updates", updates)):
-        best = float("inf")
-        for _ in range(repeats):
+    timings = {"step": float("inf"), "objectives": float("inf"), "updates": float("inf")}
+    for _ in range(repeats):  # interleaved: the machine's load drifts
+        for name, run in (("step", step), ("objectives", objectives), ("updates", updates)):
             synchronize(args.device)
             started = time.perf_counter()
             run()
             synchronize(args.device)
-            best = min(best, time.perf_counter() - started)
-        timings[name] = best * 1000
+            timings[name] = min(timings[name], (time.perf_counter() - started) * 1000)
     timings["share"] = (timings["objectives"] + timings["updates"]) / timings["step"]
     return timings
 

@@ -189,11 +189,10 @@ def test_a_diverging_job_leaves_the_vectorised_batch_and_the_others_go_on(tmp_pa
             built = [build_synthesis(cfg) for cfg in cfgs]
         if poisoned:
             style = next(t for t in built[0].synthesis.objective.terms if t.kind == "style")
-            calls = {"n": 0}
+            calls = iter(range(1000))
 
-            def hook(module, args, output):  # NaN from the W2 job's 5th evaluation on
-                calls["n"] += 1
-                return output * float("nan") if calls["n"] > 4 else output
+            def hook(module, args, output, calls=calls):  # NaN from the 5th evaluation on
+                return output * float("nan") if next(calls) >= 4 else output
 
             style.register_forward_hook(hook)
         guard = NonFiniteGuard(lambda image: tmp_path / "final.png")

@@ -156,15 +156,16 @@ class BatchedStep:
         assert self.objective is not None
         for synth, names in zip(self.synths, self.objective.names, strict=True):
             synth.keys = list(names)
-        totals = [row[synth.keys.index("total")] for synth, row in zip(self.synths, evaluated)]
-        for synth, row in zip(self.synths, evaluated, strict=True):
+        pairs = list(zip(self.synths, evaluated, strict=True))
+        totals = [row[synth.keys.index("total")] for synth, row in pairs]
+        for synth, row in pairs:
             synth.before_update(row)
         if self.optimizer is not None:
             self.optimizer.step(grad, torch.stack(totals))
         else:
             for k, (synth, total) in enumerate(zip(self.synths, totals, strict=True)):
                 synth.optimizer.step(grad[k : k + 1], total)
-        return [s.after_update(row) for s, row in zip(self.synths, evaluated, strict=True)]
+        return [synth.after_update(row) for synth, row in pairs]
 
     def __call__(self) -> list[dict[str, torch.Tensor]]:
         """Step every job once; each job's evaluated terms (on the device, not read back)."""

@@ -44,7 +44,7 @@ class BatchedLBFGS(LBFGS):
     `_project`) are `LBFGS`'s own, the rest is redone with batched kernels.
     """
 
-    def __init__(self, optimizers: Sequence[LBFGS]):  # noqa: D107  (no LBFGS.__init__: adopts)
+    def __init__(self, optimizers: Sequence[LBFGS]):  # not LBFGS.__init__: adopts their states
         first = optimizers[0]
         self.optimizers = list(optimizers)
         self.history_size, self.eps, self.dtype = first.history_size, first.eps, first.dtype

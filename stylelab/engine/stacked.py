@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -85,6 +86,11 @@ def _gram_mse(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class _Group(nn.Module):
     """Terms of several jobs computed together: their jobs, slots, weights and targets."""
 
+    jobs: torch.Tensor
+    slots: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+
     def __init__(self, key: tuple, members: list[tuple[int, int, Term]], device: torch.device):
         super().__init__()
         self.kind = key[0]
@@ -97,10 +103,11 @@ class _Group(nn.Module):
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32, device=device))
         targets = None
         if self.kind == "content":
-            targets = torch.cat([term.loss.target for _, _, term in members])  # type: ignore[union-attr]
+            targets = [cast(torch.Tensor, cast(ContentTerm, t).loss.target) for _, _, t in members]
         elif self.kind == "gram":
-            targets = torch.cat([term.losses[0].target for _, _, term in members])  # type: ignore[union-attr,index]
-        self.register_buffer("targets", targets)
+            losses = [cast(StyleTerm, t).losses[0] for _, _, t in members]
+            targets = [cast(torch.Tensor, loss.target) for loss in losses]
+        self.register_buffer("targets", None if targets is None else torch.cat(targets))
         self.identity = jobs == list(range(len(jobs)))
 
     def forward(self, features: Features, image: torch.Tensor) -> torch.Tensor:
@@ -111,7 +118,7 @@ class _Group(nn.Module):
         if not (self.identity and source.shape[0] == len(self.jobs)):
             source = source.index_select(0, self.jobs)
         if self.kind == "tv":
-            return self.weights * _tv(source.float(), self.norm)  # type: ignore[arg-type]
+            return self.weights * _tv(source.float(), str(self.norm))
         if self.kind == "content":
             return self.weights * (source.float() - self.targets).square().mean((1, 2, 3))
         return self.weights * _gram_mse(source, self.targets)
@@ -129,7 +136,7 @@ class StackedObjective(nn.Module):
         super().__init__()
         if not objectives:
             raise ValueError("a stacked objective needs at least one job")
-        device = objectives[0].encoder.mean.device
+        device = cast(torch.Tensor, objectives[0].encoder.mean).device
         grouped: dict[tuple, list[tuple[int, int, Term]]] = defaultdict(list)
         self.single: list[tuple[int, int, Term]] = []  # (job, slot, term): per-job evaluation
         slot_of: list[list[int]] = []
@@ -137,7 +144,7 @@ class StackedObjective(nn.Module):
         slot_kinds: list[str] = []
         for job, objective in enumerate(objectives):
             own = []
-            for term in objective.terms:
+            for term in cast(list[Term], list(objective.terms)):
                 slot = len(slot_kinds)
                 slot_kinds.append(term.kind)
                 own.append(slot)
@@ -173,7 +180,7 @@ class StackedObjective(nn.Module):
 
     def forward(self, features: Features, image: torch.Tensor) -> torch.Tensor:
         values = image.new_zeros((self.size, self.slot_count), dtype=torch.float32)
-        for group in self.groups:
+        for group in cast(list[_Group], list(self.groups)):
             values = values.index_put((group.jobs, group.slots), group(features, image))
         if self.single:
             single = [
