@@ -64,10 +64,9 @@ def whole_sweep(args: argparse.Namespace, launcher: str, root: Path) -> dict[str
     return {"seconds": seconds, "jobs": len(totals), "final_totals": totals}
 
 
-def engine_ms(args: argparse.Namespace, batch: int, repeats: int = 5) -> float:
-    """Milliseconds per evaluation per image, one image or a batch of `batch` (same job)."""
+def engine_synths(args: argparse.Namespace, batch: int) -> list[Any]:
+    """`batch` synthesizers of the benchmark's job (approach2) over one VGG, first stage."""
     from stylelab.config import Config, LayersConfig, LoggerConfig, ModelConfig, PairConfig
-    from stylelab.engine.batch import BatchedStep, shared_encoder
     from stylelab.factory import build_synthesis, sharing_vgg
 
     cfg = Config(
@@ -77,11 +76,20 @@ def engine_ms(args: argparse.Namespace, batch: int, repeats: int = 5) -> float:
         image_size=args.size, device=args.device,
     )  # fmt: skip
     with sharing_vgg():
-        synths = [build_synthesis(cfg).synthesis.enter_stage(0) for _ in range(batch)]
-    if batch == 1:
-        step = synths[0].step
-    else:
-        step = BatchedStep(synths, shared_encoder([s.loss.encoder for s in synths]))
+        return [build_synthesis(cfg).synthesis.enter_stage(0) for _ in range(batch)]
+
+
+def batched_step(synths: list[Any], vectorised: bool | None = None) -> Any:
+    from stylelab.engine.batch import BatchedStep, shared_encoder
+
+    encoder = shared_encoder([s.loss.encoder for s in synths])
+    return BatchedStep(synths, encoder, vectorised=vectorised)
+
+
+def engine_ms(args: argparse.Namespace, batch: int, repeats: int = 5) -> float:
+    """Milliseconds per evaluation per image, one image or a batch of `batch` (same job)."""
+    synths = engine_synths(args, batch)
+    step = synths[0].step if batch == 1 else batched_step(synths)
     for _ in range(3):
         step()
     synchronize(args.device)
@@ -90,6 +98,54 @@ def engine_ms(args: argparse.Namespace, batch: int, repeats: int = 5) -> float:
         step()
     synchronize(args.device)
     return (time.perf_counter() - started) / repeats / batch * 1000
+
+
+def step_shares(args: argparse.Namespace, vectorised: bool, repeats: int = 5) -> dict[str, float]:
+    """Where a batched step of `--batch-size` jobs goes, ms (fastest of `repeats` each): the whole
+    step; the objectives (terms and their backward to the features, given the features); the
+    optimiser updates (given the terms and gradient). `vectorised`: the stacked objective and
+    batched optimiser, else each job's own (the path before issue 27, and batch_invariant's)."""
+    synths = engine_synths(args, min(args.batch_size, args.jobs))
+    step = batched_step(synths, vectorised)
+    for _ in range(3):
+        step()
+    first, image = synths[0], step._batch()
+    with first.autocast():
+        features = {k: v.detach() for k, v in step.encoder(image.detach()).items()}
+
+    def objectives() -> Any:
+        inputs = {k: v.clone().requires_grad_(True) for k, v in features.items()}
+        with first.autocast():
+            if step.objective is not None:
+                matrix = step.objective(inputs, image)
+                total = step.objective.totals(matrix).sum()
+                rows = step.objective.rows(matrix.detach())
+            else:
+                results, total = step.evaluate_each(inputs, image)
+                rows = [{key: value.detach() for key, value in r.items()} for r in results]
+        torch.autograd.grad(total, list(inputs.values()))
+        return rows
+
+    grad = torch.zeros_like(image)
+    rows = objectives()
+
+    def updates() -> None:
+        if step.objective is not None:
+            step._update(rows, grad)
+        else:
+            for k, (s, terms) in enumerate(zip(synths, rows, strict=True)):
+                s.update(terms, grad[k : k + 1])
+
+    timings = {"step": float("inf"), "objectives": float("inf"), "updates": float("inf")}
+    for _ in range(repeats):  # interleaved: the machine's load drifts
+        for name, run in (("step", step), ("objectives", objectives), ("updates", updates)):
+            synchronize(args.device)
+            started = time.perf_counter()
+            run()
+            synchronize(args.device)
+            timings[name] = min(timings[name], (time.perf_counter() - started) * 1000)
+    timings["share"] = (timings["objectives"] + timings["updates"]) / timings["step"]
+    return timings
 
 
 def synchronize(device: str) -> None:
@@ -112,6 +168,7 @@ def main() -> None:
         batched = whole_sweep(args, "batched", Path(tmp))
     single = engine_ms(args, 1)
     together = engine_ms(args, min(args.batch_size, args.jobs))
+    shares = {"vectorised": step_shares(args, True), "per_job": step_shares(args, False)}
     report = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
@@ -121,6 +178,7 @@ def main() -> None:
         "sweep_speedup": basic["seconds"] / batched["seconds"],
         "engine_ms_per_image": {"single": single, "batched": together},
         "engine_speedup": single / together,
+        "batched_step_ms": shares,
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.device.split(':')[0]}-sweep-{args.size}-{args.logger}.json"
@@ -133,6 +191,9 @@ def main() -> None:
     print(f"| engine, ms per evaluation per image | {single:.1f} (one image) | "
           f"{together:.1f} (batch of {min(args.batch_size, args.jobs)}) | "
           f"{report['engine_speedup']:.2f}x |")  # fmt: skip
+    for name, t in shares.items():
+        print(f"| batched step, {name}: ms (objectives + updates) | {t['step']:.1f} | "
+              f"{t['objectives']:.1f} + {t['updates']:.1f} | {t['share']:.0%} |")  # fmt: skip
     print(f"wrote {out.relative_to(ROOT)}")
 
 

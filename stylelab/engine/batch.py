@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+from stylelab.engine.batched_optim import batched_optimizer
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.features import VGGFeatures
 from stylelab.engine.loop import Observer, Result, RunState, Synthesis
+from stylelab.engine.stacked import StackedObjective, stacked_loss
 from stylelab.engine.synthesis import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,11 @@ class BatchedStep:
     """
 
     def __init__(
-        self, synths: Sequence[Synthesizer], encoder: VGGFeatures, cuda_graph: bool | None = None
+        self,
+        synths: Sequence[Synthesizer],
+        encoder: VGGFeatures,
+        cuda_graph: bool | None = None,
+        vectorised: bool | None = None,
     ):
         if not synths:
             raise ValueError("a batch needs at least one synthesis")
@@ -93,6 +99,16 @@ class BatchedStep:
         self.synths, self.encoder = list(synths), encoder
         self.sizes: list[int] = []
         self.planned = planned_path(self.synths[0].image.device, cuda_graph)
+        if vectorised is None:  # batch_invariant: each job's own arithmetic, bit for bit
+            vectorised = not self.synths[0].batch_invariant
+        self.vectorised = vectorised
+        self.objective = StackedObjective([s.loss for s in synths]) if self.vectorised else None
+        self.optimizer = None
+        if self.vectorised:
+            self.optimizer = batched_optimizer([s.optimizer for s in self.synths])
+        if self.optimizer is not None:  # each job's image is now its row of the batch's
+            for synth in self.synths:
+                synth.image = synth.optimizer.param
         self.graph = GraphedStep(self._step) if self.planned.path == "cuda_graph" else None
 
     @property
@@ -101,26 +117,59 @@ class BatchedStep:
         return self.graph.path if self.graph is not None else self.planned
 
     def _step(self) -> torch.Tensor:
-        batch = torch.cat([s.image for s in self.synths]).requires_grad_(True)
         first = self.synths[0]
-        with first.convolutions():
-            with first.autocast():
-                features = self.encoder(batch)
-                results = [
-                    s.loss.evaluate(
-                        {layer: features[layer][k : k + 1] for layer in s.loss.encoder.layers},
-                        batch[k : k + 1],
-                    )
-                    for k, s in enumerate(self.synths)
-                ]
-            total = torch.stack([result["total"].float() for result in results]).sum()
-            (grad,) = torch.autograd.grad(total, batch)
-        rows = [
-            s.update({key: value.detach() for key, value in result.items()}, grad[k : k + 1])
-            for k, (s, result) in enumerate(zip(self.synths, results, strict=True))
-        ]
+        if self.objective is None:
+            results, grad = first.differentiate(self._batch(), self._each_job)
+            rows = [
+                s.update({key: value.detach() for key, value in result.items()}, grad[k : k + 1])
+                for k, (s, result) in enumerate(zip(self.synths, results, strict=True))
+            ]
+        else:
+            loss = stacked_loss(self.objective, self.encoder)
+            matrix, grad = first.differentiate(self._batch(), loss)
+            rows = self._update(self.objective.rows(matrix.detach()), grad)
         self.sizes = [len(row) for row in rows]
         return torch.cat(rows)
+
+    def _batch(self) -> torch.Tensor:
+        """The (K, 3, H, W) images: the batched optimiser's own, or the jobs' joined."""
+        if self.optimizer is not None:
+            return self.optimizer.param
+        return torch.cat([s.image for s in self.synths])
+
+    def _each_job(self, batch: torch.Tensor) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """Each job's objective on its slice of the batch's features, one after another."""
+        return self.evaluate_each(self.encoder(batch), batch)
+
+    def evaluate_each(
+        self, features: dict[int, torch.Tensor], batch: torch.Tensor
+    ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """Each job's terms from the batch's `features`, and the sum of the jobs' totals."""
+        results = [
+            s.loss.evaluate(
+                {layer: features[layer][k : k + 1] for layer in s.loss.encoder.layers},
+                batch[k : k + 1],
+            )
+            for k, s in enumerate(self.synths)
+        ]
+        return results, torch.stack([result["total"].float() for result in results]).sum()
+
+    def _update(self, evaluated: list[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor]:
+        """Every job's update from its stacked terms: one batched L-BFGS or Adam step, or each
+        job's own optimiser (mixed optimisers, or settings that differ within the batch)."""
+        assert self.objective is not None
+        for synth, names in zip(self.synths, self.objective.names, strict=True):
+            synth.keys = list(names)
+        pairs = list(zip(self.synths, evaluated, strict=True))
+        totals = [row[synth.keys.index("total")] for synth, row in pairs]
+        for synth, row in pairs:
+            synth.before_update(row)
+        if self.optimizer is not None:
+            self.optimizer.step(grad, torch.stack(totals))
+        else:
+            for k, (synth, total) in enumerate(zip(self.synths, totals, strict=True)):
+                synth.optimizer.step(grad[k : k + 1], total)
+        return [synth.after_update(row) for synth, row in pairs]
 
     def __call__(self) -> list[dict[str, torch.Tensor]]:
         """Step every job once; each job's evaluated terms (on the device, not read back)."""

@@ -8,8 +8,8 @@ image. The loop over steps and stages lives in `stylelab.engine.loop`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from stylelab.engine.objective import Objective
 from stylelab.engine.optimizers import OptimizerMaker, Placement, loose_maker
 from stylelab.engine.options import OptionError
 
+Value = TypeVar("Value")
 INITS = ("content", "noise", "style", "image")
 KEEPS = ("last", "best")
 
@@ -198,12 +199,21 @@ class Synthesizer:
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms at the current image and the gradient of the total."""
-        image = self.image.detach().requires_grad_(True)
+        terms, grad = self.differentiate(self.image, lambda image: _with_total(self.loss(image)))
+        return {key: value.detach() for key, value in terms.items()}, grad
+
+    def differentiate(
+        self, image: torch.Tensor, loss: Callable[[torch.Tensor], tuple[Value, torch.Tensor]]
+    ) -> tuple[Value, torch.Tensor]:
+        """`loss(image)` (what it computes, and the scalar to differentiate) under this
+        synthesis's convolutions and autocast, and the gradient of that scalar with respect to
+        `image`: the evaluate/backward block of a single step and of a batched one."""
+        image = image.detach().requires_grad_(True)
         with self.convolutions():
             with self.autocast():
-                terms = self.loss(image)
-            (grad,) = torch.autograd.grad(terms["total"], image)
-        return {key: value.detach() for key, value in terms.items()}, grad
+                value, total = loss(image)
+            (grad,) = torch.autograd.grad(total, image)
+        return value, grad
 
     def _step(self) -> torch.Tensor:
         """One evaluation and update, in place; the loss terms stacked in one tensor."""
@@ -222,11 +232,20 @@ class Synthesizer:
         total never rises) and `trial/total` is the total of the point just evaluated; the best
         image is the best accepted one. Otherwise every point evaluated is the iterate.
         """
-        evaluated = torch.stack([value.float() for value in terms.values()])
         self.keys = list(terms)
-        if not self.searching:
-            self.best.update(terms["total"], self.image)  # the image just evaluated
+        evaluated = torch.stack([value.float() for value in terms.values()])
+        self.before_update(evaluated)
         self.optimizer.step(grad, terms["total"])
+        return self.after_update(evaluated)
+
+    def before_update(self, evaluated: torch.Tensor) -> None:
+        """What `update` does before the optimiser moves the image, given the evaluated terms
+        stacked in the order of `keys`: without a line search, the best iterate."""
+        if not self.searching:  # the image just evaluated
+            self.best.update(evaluated[self.keys.index("total")], self.image)
+
+    def after_update(self, evaluated: torch.Tensor) -> torch.Tensor:
+        """What `update` does after the optimiser moved the image; the terms to record."""
         with torch.no_grad():
             self.image.clamp_(0, 1)
             if self.average is not None:
@@ -300,6 +319,10 @@ class Synthesizer:
                 self.iterate_terms.copy_(terms)
         if self.graph is not None:  # Adam replaces its state tensors: capture again
             self.graph.reset()
+
+
+def _with_total(terms: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return terms, terms["total"]
 
 
 def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
