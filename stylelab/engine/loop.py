@@ -129,7 +129,7 @@ class LossBuffer:
         self.values.append(torch.stack([terms[key].float() for key in self.keys]))
 
     def flush(self) -> list[Row]:
-        if not self.values:
+        if not self.values or self.keys is None:  # keys are set with the first values
             return []
         table = torch.stack(self.values).cpu().tolist()
         rows = [
@@ -190,7 +190,7 @@ class Synthesis:
         first = int(resume.get("stage", 0)) if resume else 0
         for index in range(first, len(self.stages)):
             run.start_stage(index, resume if index == first else None)
-            run.use_step(self.synth)  # type: ignore[arg-type]
+            run.use_step(self.synth)
             while not run.stage_done():
                 run.before_step()
                 terms = self.synth.step()  # type: ignore[union-attr]
@@ -205,7 +205,8 @@ class Synthesis:
         if previous is None:
             image = self.start_image(content, styles)
         else:
-            image = upsample(previous.output_image(self.optim.keep), tuple(content.shape[-2:]))
+            size = (content.shape[-2], content.shape[-1])
+            image = upsample(previous.output_image(self.optim.keep), size)
         o = self.optim
         self.synth = Synthesizer(
             self.objective, image, o.name, o.lr, o.history_size, o.precision, o.cuda_graph,

@@ -8,6 +8,7 @@ losses file, W&B and the report show; they come from the terms, never from a lis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,7 +26,8 @@ class Objective(nn.Module):
         if not terms:
             raise ValueError("an objective needs at least one term")
         self.encoder = encoder
-        self.terms = nn.ModuleList(terms)
+        # An nn.ModuleList (it registers them), whose items torch types as plain Modules.
+        self.terms = cast("Sequence[Term]", nn.ModuleList(terms))
         self.kinds: list[str] = list(dict.fromkeys(term.kind for term in terms))
 
     @property

@@ -18,7 +18,7 @@ both covariances and a Newton-Schulz matrix square root.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -150,9 +150,9 @@ def blend_moments(moments: Sequence[FeatureMoments], weights: Sequence[float]) -
     second moments; the Gaussian fitted to it has the mixture's mean and covariance."""
     _check_blend(moments, weights)
     shares = normalise_weights(weights)
-    mean = sum(w * m.mean for m, w in zip(moments, shares, strict=True))
-    second = sum(w * m.second_moment for m, w in zip(moments, shares, strict=True))
-    return FeatureMoments(mean, second)
+    means = [w * m.mean for m, w in zip(moments, shares, strict=True)]
+    seconds = [w * m.second_moment for m, w in zip(moments, shares, strict=True)]
+    return FeatureMoments(sum(means[1:], means[0]), sum(seconds[1:], seconds[0]))
 
 
 def normalise_weights(weights: Sequence[float]) -> list[float]:
@@ -230,6 +230,9 @@ class GramStyleLoss(nn.Module):
     matrix (e.g. a blend) instead of target features.
     """
 
+    target: torch.Tensor  # buffers
+    mask: torch.Tensor | None
+
     def __init__(self, target: torch.Tensor, mask: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("target", target.detach().float())
@@ -248,6 +251,12 @@ class W2StyleLoss(nn.Module):
     here; `forward` uses matmuls only. `mask` weights the synthesis's feature vectors. The
     batch is handled like `StyleLoss`: each image against the one target, losses averaged.
     """
+
+    ridge_eye: torch.Tensor  # buffers
+    target_mean: torch.Tensor
+    target_cov: torch.Tensor
+    target_cov_sqrt: torch.Tensor
+    mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -288,7 +297,7 @@ class W2StyleLoss(nn.Module):
 class StyleStatistic(Protocol):
     """What a style term needs from its statistic: measure targets, blend them, build a loss."""
 
-    name: str
+    name: ClassVar[str]
 
     def measure(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> object: ...
 
@@ -331,7 +340,7 @@ class W2Statistic:
         return W2StyleLoss(target, mask, ridge=self.ridge, num_iters=self.num_iters)
 
 
-STYLE_STATISTICS: dict[str, type[GramStatistic] | type[W2Statistic]] = {
+STYLE_STATISTICS: dict[str, Callable[..., StyleStatistic]] = {
     "gram": GramStatistic,
     "w2": W2Statistic,
 }

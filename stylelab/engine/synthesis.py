@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.objective import Objective
-from stylelab.engine.optim import Adam, make_optimizer
+from stylelab.engine.optim import LBFGS, Adam, make_optimizer
 
 INITS = ("content", "noise", "style", "image")
 KEEPS = ("last", "best")
@@ -62,7 +62,7 @@ def initial_image(
 def without_onednn() -> Iterator[None]:
     """Switch oneDNN (mkldnn) off for CPU convolutions; restored afterwards."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # torch types it as its descriptor
     try:
         yield
     finally:
@@ -167,7 +167,11 @@ class Synthesizer:
             history_dtype=history_dtype, capturable=use_graph, line_search=line_search,
             bounds=(0.0, 1.0),
         )  # fmt: skip
-        if previous is not None and isinstance(previous.optimizer, Adam):
+        if (
+            previous is not None
+            and isinstance(previous.optimizer, Adam)
+            and isinstance(self.optimizer, Adam)
+        ):
             carry_adam_moments(previous.optimizer, self.optimizer)
         self.precision, self.batch_invariant = precision, batch_invariant
         self.step_count = first_step
@@ -209,7 +213,15 @@ class Synthesizer:
     @property
     def searching(self) -> bool:
         """Whether the optimiser has a line search (it may reject the point just evaluated)."""
-        return getattr(self.optimizer, "line_search", "none") != "none"
+        return self._searcher is not None
+
+    @property
+    def _searcher(self) -> LBFGS | None:
+        """The optimiser if it has a line search (only L-BFGS can), else None."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, LBFGS) and optimizer.line_search != "none":
+            return optimizer
+        return None
 
     def update(self, terms: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
         """Take the step for the evaluated `terms` and `grad` (in place, no host sync); returns
@@ -228,11 +240,12 @@ class Synthesizer:
             self.image.clamp_(0, 1)
             if self.average is not None:
                 self.average.update(self.image)
-        if not self.searching:
+        search = self._searcher
+        if search is None:
             return evaluated
-        accepted = self.optimizer.accepted
+        accepted = search.accepted
         total = evaluated[self.keys.index("total")]
-        self.best.update(torch.where(accepted, total, torch.inf), self.optimizer.iterate)
+        self.best.update(torch.where(accepted, total, torch.inf), search.iterate)
         if self.iterate_terms is None:  # the first point evaluated is always accepted
             self.iterate_terms = evaluated.clone()
         self.iterate_terms.copy_(torch.where(accepted, evaluated, self.iterate_terms))
@@ -257,8 +270,9 @@ class Synthesizer:
         line search the last accepted point, not the trial about to be evaluated)."""
         if self.average is not None:
             return self.average.value(self.image)
-        if self.searching:
-            return torch.where(self.optimizer.steps > 0, self.optimizer.iterate, self.image)
+        search = self._searcher
+        if search is not None:
+            return torch.where(search.steps > 0, search.iterate, self.image)
         return self.image
 
     def output_image(self, keep: str = "last") -> torch.Tensor:
