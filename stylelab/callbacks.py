@@ -179,7 +179,7 @@ def settings_of(jobs: list[Path], command_keys: list[str]) -> dict[Path, str]:
 
 def redone(results: list[tuple[Path, dict[str, Any]]]) -> dict[Path, str]:
     """Jobs that did not finish but whose overrides a later job ran to the end: job -> that job."""
-    finished = {}
+    finished: dict[tuple[str, ...], str] = {}
     for job, summary in results:
         if summary.get("status") == "finished":
             finished.setdefault(tuple(sorted(job_overrides(job))), job.name)
@@ -276,8 +276,10 @@ class SweepSummary(Callback):
             if job.name in skipped:
                 line += " (skipped this time: already finished)"
             log.log(level, "%s", line)
-        for job in never:
-            log.error("  job %d: never started (%s)", job["num"], " ".join(job["overrides"]))
+        for planned in never:
+            log.error(
+                "  job %d: never started (%s)", planned["num"], " ".join(planned["overrides"])
+            )
         keys = return_keys(config.get("sweep_returns", "final/total"))
         if len(keys) > 1:
             log.info("%s", pareto_line(results, keys, directions(config)))

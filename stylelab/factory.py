@@ -78,14 +78,15 @@ class StageMasks:
         self.cache: dict[tuple, tuple[Masks, SourceMasks]] = {}
 
     def load(self, source: str, image: torch.Tensor) -> torch.Tensor:
-        return load_mask(source, tuple(image.shape[-2:]), self.cache_dir).to(self.device)
+        return load_mask(source, (image.shape[-2], image.shape[-1]), self.cache_dir).to(self.device)
 
     def __call__(
         self, content: torch.Tensor, styles: list[torch.Tensor]
     ) -> tuple[Masks, SourceMasks]:
         key = (tuple(content.shape[-2:]), *(tuple(style.shape[-2:]) for style in styles))
         if key not in self.cache:
-            masks = None if self.masks is None else [self.load(m, content) for m in self.masks]
+            # str(m): the config check leaves no null among the synthesis-frame masks
+            masks = None if self.masks is None else [self.load(str(m), content) for m in self.masks]
             self.cache = {key: (masks, self.style_frame_masks(styles))}
         return self.cache[key]
 
@@ -187,7 +188,7 @@ def build_synthesis(cfg: Config, sources: SourceImages | None = None) -> Built:
     images = StageImages(sources, cfg, device)
     check_sizes(images, stages, encoder)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    objective = Objective(encoder.to(device, memory_format=memory_format), terms_of(cfg))
+    objective = Objective(encoder.to(device, memory_format=memory_format), terms_of(cfg))  # type: ignore[call-overload]  # Module.to takes memory_format=; its stubs omit it
     synthesis = Synthesis(
         objective=objective,
         stage_images=images,
@@ -262,7 +263,7 @@ def schedule_of(cfg: Config) -> list[Stage]:
 def start_image(cfg: Config, device: torch.device):
     """The first stage's starting image, from `init` (and `init_image`)."""
     init_source = None
-    if cfg.init == "image":
+    if cfg.init == "image" and cfg.init_image is not None:  # the config check requires it
         image = load_source(cfg.init_image, cfg.cache_dir, cfg.max_input_pixels)
         init_source = pil_to_tensor(image).to(device)
 

@@ -73,21 +73,23 @@ class JobHalves:
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        result.cfg, result.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
-        result.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        assert isinstance(hydra_cfg, DictConfig)  # as Hydra's run_job: set just above
+        result.cfg, result.hydra_cfg = task_cfg, hydra_cfg
+        result.overrides = OmegaConf.to_container(config.hydra.overrides.task)
         result.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         configure_log(config.hydra.job_logging, config.hydra.verbose)
         if config.hydra.output_subdir is not None:
             hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
             _save_config(task_cfg, "config.yaml", hydra_output)
-            _save_config(result.hydra_cfg, "hydra.yaml", hydra_output)
+            _save_config(hydra_cfg, "hydra.yaml", hydra_output)
             _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
         from stylelab.run import job_steps
 
         job = Job(num, config, result)
         try:
-            with env_override(result.hydra_cfg.hydra.job.env_set):
+            with env_override(hydra_cfg.hydra.job.env_set):
                 self.hydra_context.callbacks.on_job_start(
                     config=config, task_function=self.task_function
                 )
@@ -101,6 +103,7 @@ class JobHalves:
         """The job's second half (its results, W&B finish, return value), in its Hydra context."""
         HydraConfig.instance().set_config(job.config)
         configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
+        assert job.result.hydra_cfg is not None  # set by open()
         try:
             with env_override(job.result.hydra_cfg.hydra.job.env_set):
                 while not job.done:
