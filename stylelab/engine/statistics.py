@@ -297,7 +297,8 @@ class W2StyleLoss(nn.Module):
 class StyleStatistic(Protocol):
     """What a style term needs from its statistic: measure targets, blend them, build a loss."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str: ...  # read only: a class attribute fits (the statistics' ClassVar)
 
     def measure(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> object: ...
 
