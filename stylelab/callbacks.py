@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class SweepJobs:
     def plan(
         self,
         jobs: list[tuple[int, list[str]]],
-        skipped: list[tuple[str, list[str]]] = (),  # type: ignore[assignment]
+        skipped: Sequence[tuple[str, list[str]]] = (),
         first: bool = True,
     ) -> None:
         """A launch of `jobs` begins (a sweeper may launch several; a re-run of a stopped sweep

@@ -144,7 +144,7 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> dict[str, Any]:
 
 
 def _stages(cfg: DictConfig) -> list[Stage]:
-    return schedule_of(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    return schedule_of(cast(Config, OmegaConf.to_object(cfg)))  # cfg: a structured Config
 
 
 def _counts(stages: list[Stage]) -> str:

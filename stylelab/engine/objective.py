@@ -8,7 +8,7 @@ losses file, W&B and the report show; they come from the terms, never from a lis
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -137,10 +137,10 @@ def gatys_objective(
     content_layers: Sequence[int],
     style_layers: Sequence[int],
     blend: Sequence[float] | None = None,
-    **weights: object,
+    **weights: Any,
 ) -> Objective:
     """`gatys_terms(...)` over `encoder`, with targets from the given images (one or more styles)."""
     styles = [style_images] if isinstance(style_images, torch.Tensor) else list(style_images)
-    objective = Objective(encoder, gatys_terms(content_layers, style_layers, **weights))  # type: ignore[arg-type]
+    objective = Objective(encoder, gatys_terms(content_layers, style_layers, **weights))
     objective.set_targets(content_image, styles, blend)
     return objective
