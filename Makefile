@@ -17,9 +17,10 @@ $(BIN)/stylelab: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-lint:  ## ruff lint and format check
+lint:  ## ruff lint and format check, mypy type check ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format:  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
@@ -32,7 +33,7 @@ run:  ## offline smoke run with random weights (ARGS="key=value ..." adds overri
 	$(BIN)/python -m stylelab.run model.weights=random steps=20 image_size=128 $(ARGS)
 
 clean:  ## remove run outputs and caches (keeps .venv)
-	rm -rf outputs multirun wandb reports .pytest_cache .ruff_cache
+	rm -rf outputs multirun wandb reports .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
 
 # The write-up's studies (experiments/README.md).

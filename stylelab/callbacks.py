@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class SweepJobs:
     def plan(
         self,
         jobs: list[tuple[int, list[str]]],
-        skipped: list[tuple[str, list[str]]] = (),  # type: ignore[assignment]
+        skipped: Sequence[tuple[str, list[str]]] = (),
         first: bool = True,
     ) -> None:
         """A launch of `jobs` begins (a sweeper may launch several; a re-run of a stopped sweep
@@ -150,7 +151,7 @@ def settings_of(jobs: list[Path], command_keys: list[str]) -> dict[Path, str]:
 
 def redone(results: list[tuple[Path, dict[str, Any]]]) -> dict[Path, str]:
     """Jobs that did not finish but whose overrides a later job ran to the end: job -> that job."""
-    finished = {}
+    finished: dict[tuple[str, ...], str] = {}
     for job, summary in results:
         if status_of(summary) == Status.FINISHED:
             finished.setdefault(tuple(sorted(job_overrides(job))), job.name)
@@ -247,9 +248,9 @@ class SweepSummary(Callback):
             if job.name in skipped:
                 line += " (skipped this time: already finished)"
             log.log(level, "%s", line)
-        for job in never:
+        for entry in never:
             shown = Status.shown(Status.NOT_STARTED)
-            log.error("  job %d: %s (%s)", job["num"], shown, " ".join(job["overrides"]))
+            log.error("  job %d: %s (%s)", entry["num"], shown, " ".join(entry["overrides"]))
         keys = return_keys(config.get("sweep_returns", "final/total"))
         if len(keys) > 1:
             log.info("%s", pareto_line(results, keys, directions(config)))

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -46,7 +47,7 @@ def run_config(run_dir: Path) -> Config:
         raise StyleLabError(f"{run_dir} holds no {CONFIG_FILE}: give a stylelab run folder")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        return cast(Config, OmegaConf.to_object(merged))  # merged into a structured Config
     except (OmegaConfBaseException, ValueError, OSError) as error:
         raise StyleLabError(
             f"cannot read {path} ({first_line(error)}): give a stylelab run folder"

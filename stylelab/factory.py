@@ -150,14 +150,15 @@ class StageMasks:
         self.cache: dict[tuple, tuple[Masks, SourceMasks]] = {}
 
     def load(self, source: str, image: torch.Tensor) -> torch.Tensor:
-        return load_mask(source, tuple(image.shape[-2:]), self.cache_dir).to(self.device)
+        return load_mask(source, (image.shape[-2], image.shape[-1]), self.cache_dir).to(self.device)
 
     def __call__(
         self, content: torch.Tensor, styles: list[torch.Tensor]
     ) -> tuple[Masks, SourceMasks]:
         key = (tuple(content.shape[-2:]), *(tuple(style.shape[-2:]) for style in styles))
         if key not in self.cache:
-            masks = None if self.masks is None else [self.load(m, content) for m in self.masks]
+            # str(m): the config check leaves no null among the synthesis-frame masks
+            masks = None if self.masks is None else [self.load(str(m), content) for m in self.masks]
             self.cache = {key: (masks, self.style_frame_masks(styles))}
         return self.cache[key]
 
@@ -246,7 +247,10 @@ def build_synthesis(
     images = StageImages(sources, cfg, device, shared)
     check_sizes(images, stages, encoder)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    objective = Objective(encoder.to(device, memory_format=memory_format), terms)
+    objective = Objective(
+        encoder.to(device, memory_format=memory_format),  # type: ignore[call-overload]  # stubs omit memory_format=
+        terms,
+    )
     synthesis = Synthesis(
         objective=objective,
         stage_images=images,

@@ -164,8 +164,8 @@ class RunFolder:
         size = (final.shape[1], final.shape[0])
         frames = []
         for path in sorted(self.frames_dir.glob("*.png")):
-            with Image.open(path) as frame:
-                frame = frame.convert("RGB")
+            with Image.open(path) as opened:
+                frame = opened.convert("RGB")
                 if frame.size != size:
                     frame = frame.resize(size, Image.Resampling.BICUBIC)
                 frames.append(np.asarray(frame))

@@ -10,19 +10,30 @@ from typing import TYPE_CHECKING, Any
 from stylelab.pareto import as_float
 
 if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
+
     from stylelab.report import Job
 
-LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+LINE_STYLES: tuple[LineStyleType, ...] = (
+    "-",
+    "--",
+    ":",
+    "-.",
+    (0, (5, 1, 1, 1, 1, 1)),
+    (0, (1, 3)),
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def ordered_values(jobs: Sequence[Job], key: str | None) -> list[str | None]:
     """The values `key` takes across `jobs`: numerically sorted when all are numbers, else in
     order of appearance."""
-    values = list(dict.fromkeys(job.value(key) for job in jobs)) if key else [None]
+    values: list[str | None] = (
+        list(dict.fromkeys(job.value(key) for job in jobs)) if key else [None]
+    )
     numbers = [as_float(value) for value in values]
     if all(number is not None for number in numbers):
-        return [value for _, value in sorted(zip(numbers, values, strict=True))]  # type: ignore[type-var]
+        return [value for _, value in sorted(zip(numbers, values, strict=True))]
     return values
 
 

@@ -92,8 +92,8 @@ class Job:
     def curve(self, term: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one loss term, skipping missing values."""
         points = [(row["step"], as_float(row.get(term))) for row in self.losses if "step" in row]
-        points = [(step, value) for step, value in points if value is not None]
-        return [step for step, _ in points], [value for _, value in points]
+        known = [(step, value) for step, value in points if value is not None]
+        return [step for step, _ in known], [value for _, value in known]
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:

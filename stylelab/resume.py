@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -91,7 +91,8 @@ def resumed_config(cfg: DictConfig, overrides: list[str], resume: str | None = N
             f"resume={resume}: no config.yaml there; give the folder of an earlier run"
         )
     try:
-        resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(stored_path))
+        resumed = cast(DictConfig, merged)  # merged into a structured Config: a DictConfig
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ResumeError(
@@ -151,7 +152,7 @@ def check_checkpoint(folder: RunFolder, config: DictConfig) -> dict[str, Any]:
 
 
 def _stages(cfg: DictConfig) -> list[Stage]:
-    return schedule_of(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    return schedule_of(cast(Config, OmegaConf.to_object(cfg)))  # cfg: a structured Config
 
 
 def _counts(stages: list[Stage]) -> str:

@@ -8,7 +8,7 @@ import secrets
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -122,10 +122,10 @@ def job_steps(cfg: DictConfig, launch: Launch = ALONE) -> JobSteps[float | list[
         if cfg.resume and not asked_to_resume:  # a requeued job (SLURM preemption, time limit)
             log.info("%s holds an interrupted run: resuming it", run_dir)
         try:
-            config: Config = OmegaConf.to_object(cfg)
+            config = cast(Config, OmegaConf.to_object(cfg))  # cfg is a structured Config
         except MissingMandatoryValue as error:
             raise StyleLabError(describe_missing(error, cfg)) from None
-        resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+        resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))

@@ -87,9 +87,10 @@ def drive(job: JobSteps[T]) -> T:
     outcome: Result | BaseException | None = None
     while True:
         try:
-            request = (
-                job.throw(outcome) if isinstance(outcome, BaseException) else job.send(outcome)
-            )  # type: ignore[arg-type]
+            if isinstance(outcome, BaseException):
+                request = job.throw(outcome)
+            else:  # next(job): the first resume sends None, which JobSteps' send type excludes
+                request = next(job) if outcome is None else job.send(outcome)
         except StopIteration as stop:
             return stop.value
         try:
@@ -151,7 +152,11 @@ def synthesis_steps(
             except torch.OutOfMemoryError:
                 raise out_of_memory(cfg) from None
         except NotStarted as error:  # never stepped: a resumed run keeps its summary
-            summary = {"status": NOT_STARTED, "error": str(error), "tracker_run_id": tracker.run_id}
+            summary: dict[str, Any] = {
+                "status": NOT_STARTED,
+                "error": str(error),
+                "tracker_run_id": tracker.run_id,
+            }
             if checkpoint is None:
                 folder.write_summary(summary)
             tracker.finish(error.exit_code, summary)
@@ -201,7 +206,8 @@ def _synthesize(
     tracker.log_inputs(files)
     if checkpoint is None:
         masks = mask_sources(cfg.pair.style_masks) or []
-        captions = [cfg.pair.content, *style_sources(cfg), *masks]
+        # str(m): the config check leaves no null among the synthesis-frame masks
+        captions = [cfg.pair.content, *style_sources(cfg), *(str(m) for m in masks)]
         for (key, image), caption in zip(inputs.items(), captions, strict=True):
             folder.save_image(f"{key}.png", image)
             tracker.log_image(key, image, caption=caption)

@@ -52,7 +52,10 @@ def submitit_requeue(error: Interrupted) -> bool:
     from submitit.core.utils import UncompletedJobError
 
     handler = signal.getsignal(JobEnvironment._usr_sig())
-    if getattr(handler, "__func__", None) is not SignalHandler.checkpoint_and_try_requeue:
+    if (
+        not callable(handler)
+        or getattr(handler, "__func__", None) is not SignalHandler.checkpoint_and_try_requeue
+    ):
         return False
     state = slurm_job_state(job)
     if state not in (None, "RUNNING"):  # e.g. COMPLETING: scancel, not a preemption

@@ -117,7 +117,8 @@ def tradeoff_figure(
                 zorder=1, label="Pareto front" + (" (one per pair)" if len(fronts) > 1 else "")
                 if n == 0 else None)  # fmt: skip
     points = [tradeoff_point(job) for job in best]
-    ax.scatter(*zip(*points, strict=True), facecolors="none", edgecolors="black", s=120,
+    xs, ys = zip(*points, strict=True)
+    ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=120,
                linewidths=1.5, zorder=4, label=f"Pareto-optimal ({len(best)})")  # fmt: skip
     if all(v > 0 for job in found for v in tradeoff_point(job)):
         ax.set(xscale="log", yscale="log")

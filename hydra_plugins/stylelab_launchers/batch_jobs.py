@@ -78,8 +78,10 @@ class JobHalves:
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        result.cfg, result.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
-        result.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # type: ignore[assignment]
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        assert isinstance(hydra_cfg, DictConfig)  # as Hydra's run_job: set just above
+        result.cfg, result.hydra_cfg = task_cfg, hydra_cfg
+        result.overrides = OmegaConf.to_container(config.hydra.overrides.task)
         result.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         configure_log(config.hydra.job_logging, config.hydra.verbose)
@@ -93,7 +95,7 @@ class JobHalves:
 
         job = Job(num, config, result)
         try:
-            with env_override(result.hydra_cfg.hydra.job.env_set):
+            with env_override(hydra_cfg.hydra.job.env_set):
                 self.hydra_context.callbacks.on_job_start(
                     config=config, task_function=self.task_function
                 )
@@ -107,6 +109,7 @@ class JobHalves:
         """The job's second half (its results, W&B finish, return value), in its Hydra context."""
         HydraConfig.instance().set_config(job.config)
         configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
+        assert job.result.hydra_cfg is not None  # set by open()
         try:
             with env_override(job.result.hydra_cfg.hydra.job.env_set):
                 while not job.done:

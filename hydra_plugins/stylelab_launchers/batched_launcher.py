@@ -70,6 +70,7 @@ class BatchedLauncher(SequentialLauncher):
             ", ".join(d or "the configured device" for d in self.devices),
         )  # fmt: skip
         assert self.hydra_context is not None and self.task_function is not None
+        assert self.config is not None  # all three set by setup()
         self.halves = JobHalves(self.hydra_context, self.config, self.task_function)
         self.returns: dict[int, JobReturn] = {}
         self.finished: queue.Queue = queue.Queue()

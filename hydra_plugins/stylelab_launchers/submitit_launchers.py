@@ -95,7 +95,7 @@ class WaitForEveryJob:
     hydra_context: HydraContext | None
 
     def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
-        super().__init__(**params)  # type: ignore[call-arg]
+        super().__init__(**params)
         if int(jobs_per_task) < 1:
             raise ValueError(f"hydra.launcher.jobs_per_task={jobs_per_task}: use 1 or more")
         self.jobs_per_task = int(jobs_per_task)

@@ -92,7 +92,7 @@ class Evaluator:
         self.content_layer = LAYER_INDEX[CONTENT_LAYER]
         layers = [*self.style_layers, self.content_layer]
         # A float64 copy: the run's encoder shares (and keeps using) the fp32 weights.
-        self.encoder = VGGFeatures(copy.deepcopy(features), layers, "max").to(
+        self.encoder: VGGFeatures = VGGFeatures(copy.deepcopy(features), layers, "max").to(  # type: ignore[call-overload]  # Module.to takes memory_format=; its stubs omit it
             self.device, torch.float64, memory_format=torch.contiguous_format
         )
         self.content = content.double()
@@ -143,7 +143,7 @@ class Evaluator:
         one region (index -1: the blend). `layer=None`: the content frame."""
         if self.masks is None:
             return [(-1, None, 1.0)]
-        regions = []
+        regions: list[tuple[int, Mask, float]] = []
         for index, mask in enumerate(self.masks):
             at_layer = mask if layer is None else propagate_mask(mask, layer)
             area = float(at_layer.sum())

@@ -131,7 +131,8 @@ def _random_features() -> nn.Sequential:
     for module in features.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # VGG's convolutions all have one
+                nn.init.zeros_(module.bias)
     return features
 
 
@@ -192,6 +193,9 @@ class VGGFeatures(nn.Module):
 
     Input images are (N, 3, H, W) in [0, 1]; ImageNet normalisation happens inside.
     """
+
+    mean: torch.Tensor  # buffers: ImageNet's mean and std, (1, 3, 1, 1)
+    std: torch.Tensor
 
     def __init__(self, features: nn.Sequential, layers: Sequence[int], pooling: str = "max"):
         super().__init__()

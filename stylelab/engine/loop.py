@@ -139,7 +139,7 @@ class LossBuffer:
         self.values.append(torch.stack([terms[key].float() for key in self.keys]))
 
     def flush(self) -> list[Row]:
-        if not self.values:
+        if not self.values or self.keys is None:  # keys are set with the first values
             return []
         table = torch.stack(self.values).cpu().tolist()
         rows = [

@@ -27,6 +27,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 class ContentLoss(nn.Module):
     """Mean squared error between features and fixed target features."""
 
+    target: torch.Tensor  # a buffer
+
     def __init__(self, target: torch.Tensor):
         super().__init__()
         self.register_buffer("target", target.detach().float())
@@ -42,13 +44,18 @@ class StyleLoss(nn.Module):
     several styles' Gram matrices).
     """
 
+    target: torch.Tensor  # a buffer
+
     def __init__(
         self, target_features: torch.Tensor | None = None, target_gram: torch.Tensor | None = None
     ):
         super().__init__()
-        if (target_features is None) == (target_gram is None):
+        if target_gram is None and target_features is not None:
+            target = gram_matrix(target_features.detach())
+        elif target_gram is not None and target_features is None:
+            target = target_gram
+        else:
             raise ValueError("give exactly one of target_features and target_gram")
-        target = gram_matrix(target_features.detach()) if target_gram is None else target_gram
         self.register_buffer("target", target.detach().float())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ losses file, W&B and the report show; they come from the terms, never from a lis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ class Objective(nn.Module):
         if not terms:
             raise ValueError("an objective needs at least one term")
         self.encoder = encoder
-        self.terms = nn.ModuleList(terms)
+        # An nn.ModuleList (it registers them), whose items torch types as plain Modules.
+        self.terms = cast("Sequence[Term]", nn.ModuleList(terms))
         self.kinds: list[str] = list(dict.fromkeys(term.kind for term in terms))
 
     @property
@@ -132,10 +134,10 @@ def gatys_objective(
     content_layers: Sequence[int],
     style_layers: Sequence[int],
     blend: Sequence[float] | None = None,
-    **weights: object,
+    **weights: Any,
 ) -> Objective:
     """`gatys_terms(...)` over `encoder`, with targets from the given images (one or more styles)."""
     styles = [style_images] if isinstance(style_images, torch.Tensor) else list(style_images)
-    objective = Objective(encoder, gatys_terms(content_layers, style_layers, **weights))  # type: ignore[arg-type]
+    objective = Objective(encoder, gatys_terms(content_layers, style_layers, **weights))
     objective.set_targets(content_image, styles, blend)
     return objective

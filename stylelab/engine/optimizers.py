@@ -40,6 +40,7 @@ class PixelOptimizer(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type]  # a dataclass of the kind's options, checked in __post_init__
+    param: torch.Tensor  # the pixels it moves, in place
     searching: bool = False
     accepted: torch.Tensor  # searching kinds only
     steps: torch.Tensor  # searching kinds only

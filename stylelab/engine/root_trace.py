@@ -66,13 +66,13 @@ class _RootTrace(torch.autograd.Function):
     """tr(A^1/2) with the gradient A^-1/2 / 2 from the same iteration."""
 
     @staticmethod
-    def forward(ctx, matrix: torch.Tensor, num_iters: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, matrix: torch.Tensor, num_iters: int) -> torch.Tensor:
         value, inverse_root = newton_schulz_root_trace(matrix, num_iters)
         ctx.save_for_backward(inverse_root)
         return value
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (inverse_root,) = ctx.saved_tensors
         return 0.5 * grad[..., None, None] * inverse_root, None
 

@@ -42,7 +42,8 @@ def pyramid_sizes(final_size: int, min_size: int = 128, factor: float = math.sqr
 
 def make_stages(sizes: Sequence[int], steps: int | Sequence[int]) -> list[Stage]:
     """Stages of the given sizes; `steps` is one number for all, or one per stage."""
-    counts = [steps] * len(sizes) if isinstance(steps, Integral) else list(steps)
+    # `int |`: type checkers do not count int as an Integral (numpy's integers are one)
+    counts = [steps] * len(sizes) if isinstance(steps, int | Integral) else list(steps)
     if len(counts) != len(sizes):
         raise ValueError(f"{len(counts)} step counts given for {len(sizes)} stages {list(sizes)}")
     if any(size < 1 for size in sizes) or any(a >= b for a, b in pairwise(sizes)):

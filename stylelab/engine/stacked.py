@@ -62,7 +62,7 @@ class _GramMSE(torch.autograd.Function):
     each for 16 jobs, and fresh large allocations cost page faults."""
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, flat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         c, pixels = flat.shape[1], flat.shape[2]
         alpha = 1 / (c * pixels)
         difference = torch.baddbmm(targets, flat, flat.transpose(1, 2), beta=-1, alpha=alpha)
@@ -71,7 +71,7 @@ class _GramMSE(torch.autograd.Function):
         return torch.linalg.vector_norm(difference, dim=(1, 2)).square() / (c * c)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         flat, difference = ctx.saved_tensors
         return torch.bmm(difference, flat) * (grad * ctx.scale)[:, None, None], None
 
@@ -103,7 +103,7 @@ class _Group(nn.Module):
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32, device=device))
         targets = None
         if self.kind == "content":
-            targets = [cast(torch.Tensor, cast(ContentTerm, t).loss.target) for _, _, t in members]
+            targets = [cast(ContentTerm, t).loss.target for _, _, t in members]
         elif self.kind == "gram":
             losses = [cast(StyleTerm, t).losses[0] for _, _, t in members]
             targets = [cast(torch.Tensor, loss.target) for loss in losses]
@@ -136,7 +136,7 @@ class StackedObjective(nn.Module):
         super().__init__()
         if not objectives:
             raise ValueError("a stacked objective needs at least one job")
-        device = cast(torch.Tensor, objectives[0].encoder.mean).device
+        device = objectives[0].encoder.mean.device
         grouped: dict[tuple, list[tuple[int, int, Term]]] = defaultdict(list)
         self.single: list[tuple[int, int, Term]] = []  # (job, slot, term): per-job evaluation
         slot_of: list[list[int]] = []

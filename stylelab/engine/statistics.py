@@ -19,7 +19,7 @@ closed-form gradient, on the smaller side of each layer).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -176,9 +176,9 @@ def blend_moments(moments: Sequence[FeatureMoments], weights: Sequence[float]) -
     second moments; the Gaussian fitted to it has the mixture's mean and covariance."""
     _check_blend(moments, weights)
     shares = normalise_weights(weights)
-    mean = sum(w * m.mean for m, w in zip(moments, shares, strict=True))
-    second = sum(w * m.second_moment for m, w in zip(moments, shares, strict=True))
-    return FeatureMoments(mean, second)
+    means = [w * m.mean for m, w in zip(moments, shares, strict=True)]
+    seconds = [w * m.second_moment for m, w in zip(moments, shares, strict=True)]
+    return FeatureMoments(sum(means[1:], means[0]), sum(seconds[1:], seconds[0]))
 
 
 def normalise_weights(weights: Sequence[float]) -> list[float]:
@@ -255,6 +255,9 @@ class GramStyleLoss(nn.Module):
     Without a mask it computes exactly what `losses.StyleLoss` does, from a target Gram
     matrix (e.g. a blend) instead of target features.
     """
+
+    target: torch.Tensor  # buffers
+    mask: torch.Tensor | None
 
     def __init__(self, target: torch.Tensor, mask: torch.Tensor | None = None):
         super().__init__()
@@ -342,7 +345,8 @@ class W2StyleLoss(nn.Module):
 class StyleStatistic(Protocol):
     """What a style term needs from its statistic: measure targets, blend them, build a loss."""
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read only: a class attribute fits (the statistics' ClassVar)
 
     def measure(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> object: ...
 
@@ -385,7 +389,7 @@ class W2Statistic:
         return W2StyleLoss(target, mask, ridge=self.ridge, num_iters=self.num_iters)
 
 
-STYLE_STATISTICS: dict[str, type[GramStatistic] | type[W2Statistic]] = {
+STYLE_STATISTICS: dict[str, Callable[..., StyleStatistic]] = {
     "gram": GramStatistic,
     "w2": W2Statistic,
 }

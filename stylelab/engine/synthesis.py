@@ -64,7 +64,7 @@ def initial_image(
 def without_onednn() -> Iterator[None]:
     """Switch oneDNN (mkldnn) off for CPU convolutions; restored afterwards."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # torch types it as its descriptor
     try:
         yield
     finally:

@@ -86,6 +86,7 @@ class ContentTerm(Term):
     """Feature MSE against the content image at `layer`."""
 
     kind = "content"
+    layer: int  # always a VGG layer
 
     def set_target(self, targets: Targets) -> None:
         self.loss = ContentLoss(targets.content[self.layer])
@@ -106,6 +107,7 @@ class StyleTerm(Term):
     """
 
     kind = "style"
+    layer: int  # always a VGG layer
 
     def __init__(
         self,
@@ -119,11 +121,12 @@ class StyleTerm(Term):
                 statistic = style_statistic(statistic)
             except ValueError as error:
                 raise OptionError("statistic", f"={statistic}: {error}") from None
-        self.statistic = statistic if statistic is not None else GramStatistic()
+        self.statistic: StyleStatistic = statistic if statistic is not None else GramStatistic()
 
     def set_target(self, targets: Targets) -> None:
         features = [style[self.layer] for style in targets.styles]
-        style_masks = self._at_layer(targets.style_masks)
+        given = targets.style_masks
+        style_masks = None if given is None else self._at_layer(given)
         if targets.masks is None:
             loss = blended_style_loss(self.statistic, features, targets.blend, style_masks)
             self.losses, self.region_weights = nn.ModuleList([loss]), [1.0]
@@ -137,11 +140,9 @@ class StyleTerm(Term):
                 self.losses.append(self.statistic.loss(target, mask))
                 self.region_weights.append(len(features) * targets.blend[index])
 
-    def _at_layer(self, masks: list[torch.Tensor | None] | None) -> list | None:
+    def _at_layer(self, masks: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """The masks at this layer's resolution; one that selects everything becomes None (no
         mask), so an all-ones mask computes exactly what no mask does, gradients included."""
-        if masks is None:
-            return None
         layer_masks = [None if m is None else propagate_mask(m, self.layer) for m in masks]
         return [None if m is None or bool((m == 1).all()) else m for m in layer_masks]
 

@@ -40,7 +40,8 @@ class RunFileReader:
 
     def _records(self, data: bytes):
         """Yield (record bytes, end offset in `data`) for every complete record in `data`."""
-        pos, chunks = 0, []
+        pos = 0
+        chunks: list[bytes] = []
         while True:
             left = BLOCK_LEN - (self.offset + pos) % BLOCK_LEN
             if left < CHUNK_HEADER_LEN:  # the block's zero padding
@@ -62,7 +63,7 @@ class RunFileReader:
     def _note(self, payload: bytes) -> None:
         from wandb.proto import wandb_internal_pb2 as pb
 
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # wandb picks this module at run time
         try:
             record.ParseFromString(payload)
         except Exception:  # a record this wandb cannot parse: nothing we look for

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -31,6 +31,15 @@ from stylelab.tracking.wandb_file import RunFileReader
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
+WandbMode = Literal["online", "offline", "disabled"]
+# The mode each value of logger.mode (but auto) or WANDB_MODE (wandb's old names too) means.
+_MODE_OF: dict[str, WandbMode] = {
+    "online": "online",
+    "offline": "offline",
+    "disabled": "disabled",
+    "dryrun": "offline",
+    "run": "online",
+}
 THUMBNAIL = 128
 PROJECT_MAX_LEN = 128  # wandb.Settings.validate_project
 PROJECT_BAD_CHARS = "/\\#?%:"
@@ -66,14 +75,14 @@ def check_mode(mode: str) -> None:
         raise TrackerError(f"logger.mode={mode}: use one of {', '.join(MODES)}")
 
 
-def resolve_mode(mode: str) -> str:
+def resolve_mode(mode: str) -> WandbMode:
     """`auto`: WANDB_MODE if set, else online with an API key and offline without."""
     check_mode(mode)
     if mode != "auto":
-        return mode
+        return _MODE_OF[mode]
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("online", "offline", "disabled", "dryrun", "run"):
-        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    if env in _MODE_OF:
+        return _MODE_OF[env]
     return "online" if has_api_key() else "offline"
 
 
@@ -258,7 +267,7 @@ class WandbTracker(Tracker):
         for signum in received:  # hand Ctrl-C to whoever handled it before (the runner)
             signal.raise_signal(signum)
 
-    def _init(self, mode: str, kwargs: dict[str, Any], **settings: Any) -> Any:
+    def _init(self, mode: WandbMode, kwargs: dict[str, Any], **settings: Any) -> Any:
         import wandb
 
         if "x_transaction_log_flush_interval" in wandb.Settings.model_fields:
@@ -430,7 +439,8 @@ class WandbTracker(Tracker):
         finals = {
             key: value for key, value in summary.items() if key.startswith(("final/", "eval/"))
         }
-        columns = [*inputs, "output", *hyper, *finals]  # content, style, style_2, ...
+        # content, style, style_2, ...
+        columns: list[str | int] = [*inputs, "output", *hyper, *finals]
         images = [wandb.Image(thumbnail(image)) for image in [*inputs.values(), final_image]]
         return wandb.Table(columns=columns, data=[[*images, *hyper.values(), *finals.values()]])
 
