@@ -25,6 +25,7 @@ from stylelab.config import Config, validate
 from stylelab.errors import StyleLabError
 from stylelab.outputs import SUMMARY_FILE, RunFolder
 from stylelab.resources import ResourceError, check_writable
+from stylelab.run_folder import Status
 
 QUOTING_HINT = "quote the value inside the override, e.g. 'pair.content=\"/my photos/a.jpg\"'"
 # Spaces, non-ASCII, parentheses, quotes, and what Hydra's lexer refuses unquoted though it has
@@ -107,4 +108,6 @@ def record_failure(run_dir: Path, message: str, overwrite: bool) -> None:
     if not overwrite and (run_dir / SUMMARY_FILE).exists():
         return
     with contextlib.suppress(OSError, StyleLabError):
-        RunFolder(run_dir).write_summary({"status": "failed", "error": message, "seconds": 0.0})
+        RunFolder(run_dir).write_summary(
+            {"status": Status.FAILED, "error": message, "seconds": 0.0}
+        )

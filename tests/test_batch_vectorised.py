@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from stylelab.engine.batch import BatchedStep, BatchJob, run_batch, shared_encoder
-from stylelab.engine.batched_optim import BatchedAdam, BatchedLBFGS, batched_optimizer
+from stylelab.engine.batched_optim import BatchedAdam, BatchedLBFGS
 from stylelab.engine.observers import NonFiniteGuard
 from stylelab.engine.optim import LBFGS, Adam
+from stylelab.engine.optimizers import batched_optimizer
 from stylelab.engine.stacked import stacked_loss
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError

@@ -40,8 +40,8 @@ from omegaconf import DictConfig, open_dict
 from hydra_plugins.stylelab_launchers.composed_once import compose_once
 from hydra_plugins.stylelab_launchers.sweep_plan import earlier_run, number_jobs, skipped_result
 from stylelab.callbacks import SweepJobs
-from stylelab.outputs import NOT_STARTED
 from stylelab.pareto import failed_return
+from stylelab.run_folder import Status
 from stylelab.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class SequentialLauncher(Launcher):
         config = job_config(self.hydra_context, self.config, overrides, num)
         folder = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         earlier = earlier_run(folder)
-        if earlier in (None, "interrupted", NOT_STARTED):
+        if earlier in (None, Status.INTERRUPTED, Status.NOT_STARTED):
             return config
         log.error(
             "job #%d not run: %s already holds a %s run, left as it is; give each job its own "

@@ -40,6 +40,7 @@ from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, write_json
 from stylelab.pareto import failed_return, sweep_return
+from stylelab.run_folder import Status
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -159,7 +160,7 @@ class WaitForEveryJob:
         result; logs why. A job that finished before its task died returns its final total."""
         job_dir = self.job_dir(overrides, num, job.job_id)
         summary = RunFolder(job_dir).read_summary()
-        if summary.get("status") == "finished":
+        if summary.get("status") == Status.FINISHED:
             log.info("job #%d had finished before its task %s ended", num, job.job_id)
             return self.job_return(overrides, job_dir, sweep_return(summary, self.returns()))
         self.hydra_folder(job_dir, overrides)

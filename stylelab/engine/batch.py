@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from stylelab.engine.batched_optim import batched_optimizer
 from stylelab.engine.cuda_graph import GraphedStep, StepPath, planned_path
 from stylelab.engine.features import VGGFeatures
 from stylelab.engine.loop import Observer, Result, RunState, Synthesis
+from stylelab.engine.optimizers import batched_optimizer
 from stylelab.engine.stacked import StackedObjective, stacked_loss
 from stylelab.engine.synthesis import Synthesizer
 

@@ -299,9 +299,3 @@ class BatchedAdam:
             self.eps / step_size_neg
         )
         self.param.addcdiv_(self.exp_avg, denom)
-
-
-def batched_optimizer(optimizers: Sequence[object]) -> BatchedLBFGS | BatchedAdam | None:
-    """One optimiser for the jobs of a batch (taking over their images and states), or None
-    where their optimisers cannot be batched: each job then steps its own."""
-    return BatchedLBFGS.adopt(optimizers) or BatchedAdam.adopt(optimizers)

@@ -40,6 +40,7 @@ The Synthesizer logs the iterate (the last accepted point: its total never rises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from stylelab.engine.optimizers import (
+    BatchOptimizer,
     OptimizerMaker,
     PixelOptimizer,
     Placement,
@@ -385,6 +387,13 @@ class LBFGS(PixelOptimizer):
                 )
             current.copy_(value)
 
+    @classmethod
+    def batched(cls, optimizers: Sequence[PixelOptimizer]) -> BatchOptimizer | None:
+        """One L-BFGS over the batch's images with per-job history (`BatchedLBFGS`)."""
+        from stylelab.engine.batched_optim import BatchedLBFGS  # it extends this class
+
+        return BatchedLBFGS.adopt(optimizers)
+
 
 @dataclass(frozen=True)
 class AdamOptions:
@@ -451,6 +460,13 @@ class Adam(PixelOptimizer):
             moment = F.interpolate(old_state[key], size=size, mode="bilinear", align_corners=False)
             state[key] = moment.clamp_min(0) if key == "exp_avg_sq" else moment
         self.optimizer.state[self.param] = state
+
+    @classmethod
+    def batched(cls, optimizers: Sequence[PixelOptimizer]) -> BatchOptimizer | None:
+        """One Adam over the batch's images with per-job moments (`BatchedAdam`)."""
+        from stylelab.engine.batched_optim import BatchedAdam  # it builds on this module
+
+        return BatchedAdam.adopt(optimizers)
 
 
 def make_optimizer(

@@ -12,8 +12,9 @@ be >= 1`); the config layer turns them into one line naming the config key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -28,6 +29,14 @@ class Placement:
     capturable: bool = False
     precision: str = "fp32"
     bounds: tuple[float, float] | None = (0.0, 1.0)
+
+
+class BatchOptimizer(Protocol):
+    """What steps the jobs of a batch at once: `param` is their (K, ...) images."""
+
+    param: torch.Tensor
+
+    def step(self, grad: torch.Tensor, loss: torch.Tensor | None = None) -> None: ...
 
 
 class PixelOptimizer(ABC):
@@ -68,10 +77,24 @@ class PixelOptimizer(ABC):
     def carry_from(self, previous: PixelOptimizer) -> None:  # noqa: B027 (optional hook)
         """Take over what the previous stage's optimiser learnt (default: nothing)."""
 
+    @classmethod
+    def batched(cls, optimizers: Sequence[PixelOptimizer]) -> BatchOptimizer | None:
+        """One optimiser stepping the (K, ...) images of a batch's jobs at once, taking over
+        their images and states (each job's `param` becomes its row), or None (the default):
+        each job then steps its own."""
+        return None
+
     @property
     def iterate(self) -> torch.Tensor:
         """The last accepted point (searching kinds; others accept every point)."""
         raise NotImplementedError(f"{self.name} has no line search")
+
+
+def batched_optimizer(optimizers: Sequence[PixelOptimizer]) -> BatchOptimizer | None:
+    """One optimiser for the jobs of a batch (their kind's `batched`), or None where they are
+    of different kinds or their kind cannot batch them: each job then steps its own."""
+    kinds = {type(optimizer) for optimizer in optimizers}
+    return kinds.pop().batched(optimizers) if len(kinds) == 1 else None
 
 
 OPTIMIZERS: dict[str, type[PixelOptimizer]] = {}
