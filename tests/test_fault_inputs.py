@@ -437,8 +437,8 @@ def test_slurm_without_gpus_says_to_set_gpus_per_node_zero(monkeypatch) -> None:
             "subprocess.CalledProcessError: Command '['sbatch', '/tmp/x.sh']' returned 1."
         )
 
-    # the class SlurmLauncher really inherits from (Hydra's plugin scan may import its own copy)
-    base = next(c for c in SlurmLauncher.__mro__ if c.__name__ == "BaseSubmititLauncher")
+    # where SlurmLauncher submits (Hydra's plugin scan may import its own copy of the class)
+    base = next(c for c in SlurmLauncher.__mro__ if c.__name__ == "WaitForEveryJob")
     monkeypatch.setattr(base, "launch", refused)
     launcher = SlurmLauncher(gpus_per_node=1, setup=None)
     with pytest.raises(CompactHydraException) as raised:
