@@ -1,20 +1,62 @@
-"""Shared fixtures: tiny offline images, a seeded random VGG, CLI runner helpers."""
+"""Shared fixtures: tiny offline images, a seeded random VGG, CLI runner helpers; the parallel
+run's set-up (one thread per pytest-xdist worker, isolation marks, runs shared by workers)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model.weights=random", "image_size=32", "logger=none"]
+# Marks whose tests share one xdist worker (`--dist loadgroup`), in file order: `slurm`, so the
+# session's cluster starts once; `serial`, for tests that must not run at once with each other.
+GROUPED = ("slurm", "serial")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In each pytest-xdist worker: one torch (and OpenMP) thread, for it and the CLI runs it
+    starts, so that two workers do not fight over two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = "1"
+        torch.set_num_threads(1)
+        with contextlib.suppress(RuntimeError):  # refused once torch ran parallel work
+            torch.set_num_interop_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked with a `GROUPED` mark run in one xdist worker, one after another."""
+    for item in items:
+        for name in GROUPED:
+            if item.get_closest_marker(name) and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
+def shared_folder(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """A folder that `make(folder)` fills once per test run, whichever xdist worker asks first;
+    the others wait for it and reuse it. A failed `make` leaves nothing for the next one."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(autouse=True)
