@@ -16,11 +16,14 @@ import pytest
 import torch
 from filelock import FileLock
 
+from tests.cli_fork import ForkServer
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model.weights=random", "image_size=32", "logger=none"]
 # Marks whose tests share one xdist worker (`--dist loadgroup`), in file order: `slurm`, so the
 # session's cluster starts once; `serial`, for tests that must not run at once with each other.
 GROUPED = ("slurm", "serial")
+_FORKS = ForkServer()  # run_cli's CLI runs
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,6 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
         with contextlib.suppress(RuntimeError):  # refused once torch ran parallel work
             torch.set_num_interop_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _FORKS.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,11 +83,18 @@ def run_cli(
     multirun: bool = False,
     env: dict | None = None,
     timeout: float = 300,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process."""
-    command = [sys.executable, "-m", "stylelab.run", *(["-m"] if multirun else []), *overrides]
+    """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process. It is
+    forked from a process that has imported stylelab (tests/cli_fork.py) unless `fresh` (a new
+    interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
+    args = [*(["-m"] if multirun else []), *overrides]
+    environment = cli_env(env)
+    if not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(environment):
+        return _FORKS.run(args, cwd=cwd, env=environment, timeout=timeout)
+    command = [sys.executable, "-m", "stylelab.run", *args]
     return subprocess.run(
-        command, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
 
 
