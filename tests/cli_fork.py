@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PRELOAD = (
@@ -42,6 +43,7 @@ class ForkServer:
     def __init__(self) -> None:
         self.server: subprocess.Popen | None = None
         self.python: dict[str, str] = {}
+        self.unread = b""
 
     def serves(self, env: dict) -> bool:
         """Whether a child of the server imports what a fresh `python` with `env` would."""
@@ -54,9 +56,9 @@ class ForkServer:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
-                text=True,
+                bufsize=0,
             )
-            self.python = python_variables(env)
+            self.python, self.unread = python_variables(env), b""
         return self.server
 
     def run(
@@ -70,17 +72,34 @@ class ForkServer:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
             request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out)}
             request["stderr"] = str(err)
-            server.stdin.write(json.dumps(request) + "\n")
-            server.stdin.flush()
-            pid = json.loads(server.stdout.readline())["pid"]
-            if not select.select([server.stdout], [], [], timeout)[0]:
+            data = json.dumps(request).encode() + b"\n"
+            while data:  # a raw pipe may take part of it
+                data = data[server.stdin.write(data) :]
+            pid = self._reply("pid", timeout)  # the first waits for the server's imports
+            try:
+                code = self._reply("code", timeout)
+            except subprocess.TimeoutExpired:
                 os.kill(pid, signal.SIGKILL)
-                server.stdout.readline()
+                self._reply("code", timeout=60)
                 raise subprocess.TimeoutExpired(
                     command, timeout, output=read(out), stderr=read(err)
-                )
-            code = json.loads(server.stdout.readline())["code"]
+                ) from None
             return subprocess.CompletedProcess(command, code, read(out), read(err))
+
+    def _reply(self, key: str, timeout: float) -> int:
+        """The server's next reply (a JSON line holding `key`), within `timeout` seconds."""
+        assert self.server is not None and self.server.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.server.stdout], [], [], left)[0]:
+                raise subprocess.TimeoutExpired("cli_fork", timeout)
+            chunk = os.read(self.server.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"the fork server ended (exit code {self.server.wait()})")
+            self.unread += chunk
+        line, self.unread = self.unread.split(b"\n", 1)
+        return int(json.loads(line)[key])
 
     def close(self) -> None:
         if self.server is not None and self.server.poll() is None:
