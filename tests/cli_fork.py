@@ -117,12 +117,25 @@ def read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def become_cli(request: dict, channels: list) -> None:
+def temporary_folders() -> list[tempfile.TemporaryDirectory]:
+    """The TemporaryDirectory objects the imports made (W&B's media and artifact folders)."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecated attributes warn when looked at
+        return [o for o in gc.get_objects() if isinstance(o, tempfile.TemporaryDirectory)]
+
+
+def become_cli(request: dict, channels: list, folders: list) -> None:
     """In the forked child: `python -m stylelab.run args...` (does not return)."""
     import runpy
 
     for channel in channels:
         channel.close()
+    for folder in folders:  # its own, removed when it exits (the server's stay)
+        folder._finalizer.detach()
+        folder.__init__(dir=os.path.dirname(folder.name))  # type: ignore[misc]
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -145,6 +158,7 @@ def serve() -> None:
     # `python -m stylelab.run` runs it as __main__: a child must find it not imported yet.
     sys.modules.pop("stylelab.run")
     del sys.modules["stylelab"].run
+    folders = temporary_folders()
     requests, replies = os.fdopen(os.dup(0)), os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_RDWR), 0)
     os.dup2(0, 1)  # stray output of the server must not reach the replies
@@ -153,7 +167,7 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            become_cli(json.loads(line), [requests, replies])
+            become_cli(json.loads(line), [requests, replies], folders)
         replies.write(json.dumps({"pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)
