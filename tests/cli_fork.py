@@ -11,6 +11,7 @@ test) use a real subprocess instead (`tests.conftest.run_cli(fresh=True)`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -21,19 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
-PRELOAD = (
+PRELOAD = (  # what a single run imports (python -X importtime -m stylelab.run ...), no more
     "torch",
-    "torchvision",
     "hydra",
     "omegaconf",
     "wandb",
-    "submitit",
+    "numpy",
+    "imageio",
     "PIL.Image",
     "stylelab.run",
-    "stylelab.report",
-    "hydra_plugins.stylelab_launchers.batched_launcher",
     "hydra_plugins.stylelab_launchers.sequential_launcher",
-    "hydra_plugins.stylelab_launchers.submitit_launchers",
+    "hydra_plugins.hydra_submitit_launcher.config",
 )
 
 
@@ -44,6 +43,7 @@ class ForkServer:
         self.server: subprocess.Popen | None = None
         self.python: dict[str, str] = {}
         self.unread = b""
+        self.sent = 0  # requests sent, the id of the latest
 
     def serves(self, env: dict) -> bool:
         """Whether a child of the server imports what a fresh `python` with `env` would."""
@@ -68,38 +68,43 @@ class ForkServer:
         text=True, timeout=timeout)` would give it."""
         server = self._start(env)
         command = [sys.executable, "-m", "stylelab.run", *args]
+        deadline, pid = time.monotonic() + timeout, None
+        self.sent += 1
         with tempfile.TemporaryDirectory(prefix="cli-fork-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out)}
-            request["stderr"] = str(err)
+            request = {"id": self.sent, "args": args, "cwd": str(cwd), "env": env}
+            request.update(stdout=str(out), stderr=str(err))
             data = json.dumps(request).encode() + b"\n"
             while data:  # a raw pipe may take part of it
                 data = data[server.stdin.write(data) :]
-            pid = self._reply("pid", timeout)  # the first waits for the server's imports
             try:
-                code = self._reply("code", timeout)
+                pid = self._reply("pid", deadline)  # the first waits for the server's imports
+                code = self._reply("code", deadline)
             except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-                self._reply("code", timeout=60)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired(
                     command, timeout, output=read(out), stderr=read(err)
                 ) from None
             return subprocess.CompletedProcess(command, code, read(out), read(err))
 
-    def _reply(self, key: str, timeout: float) -> int:
-        """The server's next reply (a JSON line holding `key`), within `timeout` seconds."""
+    def _reply(self, key: str, deadline: float) -> int:
+        """The server's reply holding `key` for the latest request, by `deadline` (replies for
+        requests given up on are skipped)."""
         assert self.server is not None and self.server.stdout is not None
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.unread:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.server.stdout], [], [], left)[0]:
-                raise subprocess.TimeoutExpired("cli_fork", timeout)
-            chunk = os.read(self.server.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"the fork server ended (exit code {self.server.wait()})")
-            self.unread += chunk
-        line, self.unread = self.unread.split(b"\n", 1)
-        return int(json.loads(line)[key])
+        while True:
+            while b"\n" not in self.unread:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.server.stdout], [], [], left)[0]:
+                    raise subprocess.TimeoutExpired("cli_fork", left)
+                chunk = os.read(self.server.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"the fork server ended (exit code {self.server.wait()})")
+                self.unread += chunk
+            line, self.unread = self.unread.split(b"\n", 1)
+            reply = json.loads(line)
+            if reply["id"] == self.sent:
+                return int(reply[key])
 
     def close(self) -> None:
         if self.server is not None and self.server.poll() is None:
@@ -154,10 +159,11 @@ def serve() -> None:
     import importlib
 
     for name in PRELOAD:
-        importlib.import_module(name)
+        with contextlib.suppress(Exception):  # a child that needs it reports the error
+            importlib.import_module(name)
     # `python -m stylelab.run` runs it as __main__: a child must find it not imported yet.
-    sys.modules.pop("stylelab.run")
-    del sys.modules["stylelab"].run
+    if sys.modules.pop("stylelab.run", None) is not None:
+        del sys.modules["stylelab"].run
     folders = temporary_folders()
     requests, replies = os.fdopen(os.dup(0)), os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_RDWR), 0)
@@ -165,13 +171,15 @@ def serve() -> None:
     for line in requests:
         sys.stdout.flush()
         sys.stderr.flush()
+        request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            become_cli(json.loads(line), [requests, replies], folders)
-        replies.write(json.dumps({"pid": pid}) + "\n")
+            become_cli(request, [requests, replies], folders)
+        replies.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
+        code = os.waitstatus_to_exitcode(status)
+        replies.write(json.dumps({"id": request["id"], "code": code}) + "\n")
         replies.flush()
 
 
