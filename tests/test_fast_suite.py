@@ -92,15 +92,25 @@ def test_a_shared_folder_is_made_once_and_not_after_a_failure(tmp_path_factory) 
     assert made == [first] and (first / "made").exists()
 
 
-def test_slurm_and_serial_tests_get_one_xdist_group() -> None:
-    def item(*marks: str) -> SimpleNamespace:
+def test_slurm_and_serial_tests_and_module_fixtures_get_one_xdist_group() -> None:
+    def item(*marks: str, fixtures: tuple = ()) -> SimpleNamespace:
         found = {name: getattr(pytest.mark, name).mark for name in marks}
+        defs = {name: [SimpleNamespace(scope=scope, func=func)] for name, scope, func in fixtures}
         added: list = []
-        return SimpleNamespace(get_closest_marker=found.get, add_marker=added.append, added=added)
+        return SimpleNamespace(
+            get_closest_marker=found.get,
+            add_marker=added.append,
+            added=added,
+            module=SimpleNamespace(__name__=__name__),
+            _fixtureinfo=SimpleNamespace(name2fixturedefs=defs),
+        )
 
     slurm, serial, plain, own = item("slurm"), item("serial"), item("slow"), item("serial")
     own.get_closest_marker = {"serial": True, "xdist_group": True}.get
-    pytest_collection_modifyitems([slurm, serial, plain, own])
+    sweep = item(fixtures=[("sweep", "module", error_lines), ("tmp_path", "function", json)])
+    elsewhere = item(fixtures=[("one_thread", "module", ForkServer.close)])  # from conftest
+    pytest_collection_modifyitems([slurm, serial, plain, own, sweep, elsewhere])
     assert [m.mark.args for m in slurm.added] == [("slurm",)]
     assert [m.mark.args for m in serial.added] == [("serial",)]
-    assert plain.added == [] and own.added == []  # a group of its own stays
+    assert [m.mark.args for m in sweep.added] == [(f"{__name__}:sweep",)]
+    assert plain.added == own.added == elsewhere.added == []  # a group of its own stays
