@@ -26,8 +26,12 @@ format:  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint  ## lint, then the test suite (CPU, offline)
-	WANDB_MODE=offline $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# Two pytest-xdist workers (one torch thread each); tests marked slurm or serial share one.
+WORKERS ?= 2
+
+test: lint  ## lint, then the test suite (CPU, offline, WORKERS=2 processes), its 15 slowest tests
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup \
+		--no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 run:  ## offline smoke run with random weights (ARGS="key=value ..." adds overrides)
 	$(BIN)/python -m stylelab.run model.weights=random steps=20 image_size=128 $(ARGS)

@@ -1,20 +1,91 @@
-"""Shared fixtures: tiny offline images, a seeded random VGG, CLI runner helpers."""
+"""Shared fixtures: tiny offline images, a seeded random VGG, CLI runner helpers; the parallel
+run's set-up (one thread per pytest-xdist worker, isolation marks, runs shared by workers)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
+
+from tests.cli_fork import ForkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model.weights=random", "image_size=32", "logger=none"]
+# Marks whose tests share one xdist worker (`--dist loadgroup`), in file order: `slurm`, so the
+# session's cluster starts once; `serial`, for tests that must not run at once with each other.
+GROUPED = ("slurm", "serial")
+_FORKS = ForkServer()  # run_cli's CLI runs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In each pytest-xdist worker: one torch (and OpenMP) thread, for it and the CLI runs it
+    starts, so that two workers do not fight over two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = "1"
+        torch.set_num_threads(1)
+        with contextlib.suppress(RuntimeError):  # refused once torch ran parallel work
+            torch.set_num_interop_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _FORKS.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked with a `GROUPED` mark run in one xdist worker, one after another; so do the
+    tests of a module that share a fixture of module scope defined there (a sweep made once)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = next((name for name in GROUPED if item.get_closest_marker(name)), None)
+        shared = module_fixtures(item)
+        if group is None and shared:
+            group = f"{item.module.__name__}:{'+'.join(shared)}"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The SLURM tests first: they mostly wait, for minutes, while the other worker runs the rest
+    # (`make test` keeps this order: --no-loadscope-reorder).
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+
+
+def module_fixtures(item: pytest.Item) -> list[str]:
+    """The module-scoped fixtures of the item's own module that it uses (directly or not)."""
+    module = getattr(getattr(item, "module", None), "__name__", None)
+    info = getattr(item, "_fixtureinfo", None)
+    if module is None or info is None:
+        return []
+    return sorted(
+        name
+        for name, defs in info.name2fixturedefs.items()
+        if defs[-1].scope == "module" and getattr(defs[-1].func, "__module__", None) == module
+    )
+
+
+def shared_folder(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """A folder that `make(folder)` fills once per test run, whichever xdist worker asks first;
+    the others wait for it and reuse it. A failed `make` leaves nothing for the next one."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +105,18 @@ def run_cli(
     multirun: bool = False,
     env: dict | None = None,
     timeout: float = 300,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process."""
-    command = [sys.executable, "-m", "stylelab.run", *(["-m"] if multirun else []), *overrides]
+    """`python -m stylelab.run [-m] overrides...` in `cwd`; returns the finished process. It is
+    forked from a process that has imported stylelab (tests/cli_fork.py) unless `fresh` (a new
+    interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
+    args = [*(["-m"] if multirun else []), *overrides]
+    environment = cli_env(env)
+    if not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(environment):
+        return _FORKS.run(args, cwd=cwd, env=environment, timeout=timeout)
+    command = [sys.executable, "-m", "stylelab.run", *args]
     return subprocess.run(
-        command, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -1,0 +1,116 @@
+"""The test suite's own machinery (issue 29): forked CLI runs, shared folders, isolation marks."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.cli_fork import ForkServer
+from tests.conftest import FAST, cli_env, pytest_collection_modifyitems, run_cli, shared_folder
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The [ERROR] lines without their time stamps."""
+    return [re.sub(r"^\[[^]]*\]", "", line) for line in stderr.splitlines() if "[ERROR]" in line]
+
+
+@pytest.fixture
+def forks() -> ForkServer:
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+def test_a_forked_run_fails_as_a_fresh_interpreter_does(tmp_path: Path, forks) -> None:
+    args = [*FAST, "steps=2", "style_weight=-1"]
+    forked = forks.run([*args, "hydra.run.dir=forked"], cwd=tmp_path, env=cli_env(), timeout=300)
+    fresh = run_cli(*args, "hydra.run.dir=fresh", cwd=tmp_path, fresh=True)
+    assert forked.returncode == fresh.returncode == 1, forked.stderr[-3000:]
+    assert error_lines(forked.stderr) == error_lines(fresh.stderr) != []
+    assert forked.args == [*fresh.args[:3], *args, "hydra.run.dir=forked"]
+    for run in ("forked", "fresh"):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert summary["status"] == "failed" and "style_weight=-1.0" in summary["error"]
+
+
+def test_forked_runs_each_log_to_their_own_wandb_run(tmp_path: Path, forks) -> None:
+    """W&B makes its media folder at import: a run's exit must not remove the next one's."""
+    for name in ("first", "second"):
+        result = forks.run(
+            ["model.weights=random", "image_size=32", "steps=2", f"hydra.run.dir={name}"],
+            cwd=tmp_path,
+            env=cli_env(),
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["status"] == "finished", summary
+        assert list((tmp_path / name / "wandb").glob("offline-run-*/files/media/**/content_*.png"))
+
+
+def test_a_forked_run_past_its_timeout_is_killed(tmp_path: Path, forks) -> None:
+    with pytest.raises(subprocess.TimeoutExpired) as timeout:
+        forks.run([*FAST, "steps=100000"], cwd=tmp_path, env=cli_env(), timeout=1)
+    assert timeout.value.timeout == 1
+    again = forks.run(
+        [*FAST, "steps=1", "hydra.run.dir=r"], cwd=tmp_path, env=cli_env(), timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]  # the server serves the next run
+
+
+def test_another_pythonpath_gets_a_fresh_interpreter(forks) -> None:
+    assert forks.serves({"PYTHONPATH": "/elsewhere"})  # no server yet: it would start with it
+    forks.python = {"PYTHONPATH": "/here"}
+    forks.server = SimpleNamespace()  # type: ignore[assignment]
+    assert forks.serves({"PYTHONPATH": "/here", "PYTHONUNBUFFERED": "1"})
+    assert not forks.serves({"PYTHONPATH": "/elsewhere"})
+    forks.server = None
+
+
+def test_a_shared_folder_is_made_once_and_not_after_a_failure(tmp_path_factory) -> None:
+    made: list[Path] = []
+
+    def fails(folder: Path) -> None:
+        (folder / "half").touch()
+        raise RuntimeError("failed")
+
+    with pytest.raises(RuntimeError):
+        shared_folder(tmp_path_factory, "fast-suite", fails)
+
+    def make(folder: Path) -> None:
+        assert not (folder / "half").exists()
+        made.append(folder)
+        (folder / "made").touch()
+
+    first = shared_folder(tmp_path_factory, "fast-suite", make)
+    assert shared_folder(tmp_path_factory, "fast-suite", make) == first
+    assert made == [first] and (first / "made").exists()
+
+
+def test_slurm_and_serial_tests_and_module_fixtures_get_one_xdist_group() -> None:
+    def item(*marks: str, fixtures: tuple = ()) -> SimpleNamespace:
+        found = {name: getattr(pytest.mark, name).mark for name in marks}
+        defs = {name: [SimpleNamespace(scope=scope, func=func)] for name, scope, func in fixtures}
+        added: list = []
+        return SimpleNamespace(
+            get_closest_marker=found.get,
+            add_marker=added.append,
+            added=added,
+            module=SimpleNamespace(__name__=__name__),
+            _fixtureinfo=SimpleNamespace(name2fixturedefs=defs),
+        )
+
+    slurm, serial, plain, own = item("slurm"), item("serial"), item("slow"), item("serial")
+    own.get_closest_marker = {"serial": True, "xdist_group": True}.get
+    sweep = item(fixtures=[("sweep", "module", error_lines), ("tmp_path", "function", json)])
+    elsewhere = item(fixtures=[("one_thread", "module", ForkServer.close)])  # from conftest
+    pytest_collection_modifyitems([slurm, serial, plain, own, sweep, elsewhere])
+    assert [m.mark.args for m in slurm.added] == [("slurm",)]
+    assert [m.mark.args for m in serial.added] == [("serial",)]
+    assert [m.mark.args for m in sweep.added] == [(f"{__name__}:sweep",)]
+    assert plain.added == own.added == elsewhere.added == []  # a group of its own stays
