@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from stylelab.engine.optim import _SEARCH_KEYS, _STATE_KEYS, LBFGS, Adam
 
@@ -87,23 +88,11 @@ class BatchedLBFGS(LBFGS):
                 self._out_dtype = False
         return torch.bmm(a, b).to(self.dtype)
 
-    def _remember(
-        self,
-        flat: torch.Tensor,
-        grad: torch.Tensor,
-        accept: torch.Tensor | None = None,
-        project: torch.Tensor | None = None,
-        free: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`LBFGS._remember` for every job: store each job's pair (s, y) where s.y > eps."""
-        m, k, n = self.history_size, flat.shape[0], flat.shape[1]
-        s, y = flat - self.prev_flat, grad - self.prev_grad
-        if free is not None:
-            s, y = s * free, y * free
-        ys, yy_new = _dot(s, y), _dot(y, y)
-        valid = (ys > self.eps) & (self.steps > 0)
-        if accept is not None:
-            valid = valid & accept
+    _dot = staticmethod(_dot)  # row-wise: one dot product per job
+
+    def _store(self, s: Tensor, y: Tensor, ys: Tensor, valid: Tensor, g: Tensor) -> Tensor:
+        """`LBFGS._store` for every job: each job's pair into its own slot where `valid`."""
+        m, k, n = self.history_size, s.shape[0], s.shape[1]
         slot, low = self.stored % m, self.history.dtype
         rows = torch.stack([slot, slot + m], dim=1)[:, :, None].expand(k, 2, n)
         new = torch.where(
@@ -112,7 +101,6 @@ class BatchedLBFGS(LBFGS):
             self.history.gather(1, rows),
         )
         self.history.scatter_(1, rows, new)
-        g = grad if project is None else project
         p = self._matmul(self.history, torch.stack([v.to(low) for v in (g, s, y)], dim=2))
         hit = (self._slots[None, :] == slot[:, None]) & valid[:, None]
         sy = torch.where(hit[:, :, None], p[:, m:, 1][:, None, :], self.sy)
@@ -120,9 +108,7 @@ class BatchedLBFGS(LBFGS):
         yy = torch.where(hit[:, :, None], p[:, m:, 2][:, None, :], self.yy)
         self.yy.copy_(torch.where(hit[:, None, :], p[:, m:, 2][:, :, None], yy))
         self.rho.copy_(torch.where(hit, (1.0 / ys.clamp_min(self.eps))[:, None], self.rho))
-        self.gamma.copy_(torch.where(valid, ys / (yy_new + 1e-30), self.gamma))
-        self.stored.add_(valid.long())
-        return p[:, :, 0], valid
+        return p[:, :, 0]
 
     def _direction(self, grad: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
         """-H g for every job by one compact two-loop recursion (`LBFGS._direction`)."""
@@ -171,14 +157,13 @@ class BatchedLBFGS(LBFGS):
             assert loss is not None, "the line search needs each job's loss"
             self._search_step(flat, grad, loss.detach().reshape(k).to(self.dtype))
 
-    def _fixed_step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        projections, _ = self._remember(flat, grad)
-        direction = self._direction(grad, projections)
-        step_size = torch.where(self.steps == 0, self._first_step(grad), self.rates)
-        self.prev_flat.copy_(flat)
-        self.prev_grad.copy_(grad)
-        flat.add_(direction * step_size[:, None])
-        self.steps.add_(1)
+    @property
+    def _rate(self) -> Tensor:
+        return self.rates
+
+    @staticmethod
+    def _each(step_size: Tensor) -> Tensor:
+        return step_size[:, None]
 
     def _full_step(
         self, direction: torch.Tensor, taken: torch.Tensor, paired: torch.Tensor

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from stylelab.engine.optimizers import (
     BatchOptimizer,
@@ -214,19 +215,30 @@ class LBFGS(PixelOptimizer):
         the same pass over the history that updates the s.y and y.y tables, and whether the
         pair was stored.
         """
-        m = self.history_size
         s, y = flat - self.prev_flat, grad - self.prev_grad
         if free is not None:
             s, y = s * free, y * free
-        ys, yy_new = torch.dot(s, y), torch.dot(y, y)
+        ys, yy_new = self._dot(s, y), self._dot(y, y)
         valid = (ys > self.eps) & (self.steps > 0)
         if accept is not None:
             valid = valid & accept
+        projections = self._store(s, y, ys, valid, grad if project is None else project)
+        self.gamma.copy_(torch.where(valid, ys / (yy_new + 1e-30), self.gamma))
+        self.stored.add_(valid.long())
+        return projections, valid
+
+    @staticmethod
+    def _dot(a: Tensor, b: Tensor) -> Tensor:
+        return torch.dot(a, b)
+
+    def _store(self, s: Tensor, y: Tensor, ys: Tensor, valid: Tensor, g: Tensor) -> Tensor:
+        """Write the pair (s, y) into its history slot where `valid`, with its rows and columns
+        of the s.y and y.y tables and its rho; returns history @ g from the same pass."""
+        m = self.history_size
         slot, low = self.stored % m, self.history.dtype
         rows = torch.stack([slot, slot + m])
         new = torch.where(valid, torch.stack([s.to(low), y.to(low)]), self.history[rows])
         self.history.index_copy_(0, rows, new)
-        g = grad if project is None else project
         p = self._matmul(self.history, torch.stack([v.to(low) for v in (g, s, y)], dim=1))
         hit = (self._slots == slot) & valid  # one-hot mask of the slot written
         sy = torch.where(hit[:, None], p[m:, 1][None, :], self.sy)  # row: s_new . y_b
@@ -234,9 +246,7 @@ class LBFGS(PixelOptimizer):
         yy = torch.where(hit[:, None], p[m:, 2][None, :], self.yy)
         self.yy.copy_(torch.where(hit[None, :], p[m:, 2][:, None], yy))
         self.rho.copy_(torch.where(hit, 1.0 / ys.clamp_min(self.eps), self.rho))
-        self.gamma.copy_(torch.where(valid, ys / (yy_new + 1e-30), self.gamma))
-        self.stored.add_(valid.long())
-        return p[:, 0], valid
+        return p[:, 0]
 
     def _direction(self, grad: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
         """-H g by the compact two-loop recursion over all slots, oldest first."""
@@ -282,11 +292,21 @@ class LBFGS(PixelOptimizer):
     def _fixed_step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
         projections, _ = self._remember(flat, grad)
         direction = self._direction(grad, projections)
-        step_size = torch.where(self.steps == 0, self._first_step(grad), self.lr)
+        step_size = torch.where(self.steps == 0, self._first_step(grad), self._rate)
         self.prev_flat.copy_(flat)
         self.prev_grad.copy_(grad)
-        flat.add_(direction * step_size)
+        flat.add_(direction * self._each(step_size))
         self.steps.add_(1)
+
+    @property
+    def _rate(self) -> Tensor | float:
+        """The fixed step's learning rate (one per job in `BatchedLBFGS`)."""
+        return self.lr
+
+    @staticmethod
+    def _each(step_size: Tensor) -> Tensor:
+        """A step size shaped to scale the flat direction (per row in `BatchedLBFGS`)."""
+        return step_size
 
     def _armijo(self, flat: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whether the trial is accepted, and g_b.(x - x_b) along the displacement taken.
