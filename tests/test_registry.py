@@ -141,3 +141,19 @@ def test_a_term_and_an_optimiser_from_outside_stylelab_run_through_the_cli(tmp_p
     assert rows[-1]["channel_mean"] > 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     assert "name: sign_sgd" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_launcher_from_outside_stylelab_runs_a_sweep_through_the_cli(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    path = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
+    result = run_cli(
+        "--config-dir", str(PLUGINS / "conf"), *FAST, "steps=2", "seed=0,1",
+        "hydra/launcher=timed", f"hydra.sweep.dir={sweep_dir}", multirun=True, cwd=tmp_path,
+        env={"PYTHONPATH": path},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    timings = [json.loads(line) for line in (sweep_dir / "timings.jsonl").read_text().splitlines()]
+    assert [row["job"] for row in timings] == [0, 1] and all(row["seconds"] > 0 for row in timings)
+    for job in ("0", "1"):  # the sweep's own bookkeeping is the sequential launcher's
+        assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "finished"
+    assert len(json.loads((sweep_dir / "jobs.json").read_text())["jobs"]) == 2
