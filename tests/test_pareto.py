@@ -57,8 +57,8 @@ FAILED_EVALUATION_RUN = """
 
     synthesis_steps = run.synthesis_steps
 
-    def failed_evaluation(config, run_dir, tracker, info):
-        summary = yield from synthesis_steps(config, run_dir, tracker, info)
+    def failed_evaluation(config, run_dir, tracker, info, *args, **kwargs):
+        summary = yield from synthesis_steps(config, run_dir, tracker, info, *args, **kwargs)
         for key in ("eval/content", "eval/style"):
             summary.pop(key)
         summary["eval/error"] = "final.png: cannot identify image file"
