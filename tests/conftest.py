@@ -41,6 +41,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _FORKS.close()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked with a `GROUPED` mark run in one xdist worker, one after another; so do the
     tests of a module that share a fixture of module scope defined there (a sweep made once)."""

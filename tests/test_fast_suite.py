@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.cli_fork import ForkServer
-from tests.conftest import FAST, cli_env, pytest_collection_modifyitems, run_cli, shared_folder
+from tests.conftest import (
+    FAST,
+    ROOT,
+    cli_env,
+    pytest_collection_modifyitems,
+    run_cli,
+    shared_folder,
+)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -114,3 +123,34 @@ def test_slurm_and_serial_tests_and_module_fixtures_get_one_xdist_group() -> Non
     assert [m.mark.args for m in serial.added] == [("serial",)]
     assert [m.mark.args for m in sweep.added] == [(f"{__name__}:sweep",)]
     assert plain.added == own.added == elsewhere.added == []  # a group of its own stays
+
+
+def test_grouped_tests_really_run_in_one_xdist_worker(tmp_path: Path) -> None:
+    """The groups reach xdist's scheduler (its node ids), not only the marks: under pytest 9 or
+    with this hook after xdist's, SLURM tests ran in both workers and two clusters collided."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n"
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'slurm: x')\n"
+    )
+    for name in ("a", "b", "c"):
+        (tmp_path / f"test_{name}.py").write_text(
+            "import os, pytest\n"
+            "@pytest.mark.slurm\n"
+            "@pytest.mark.parametrize('i', range(4))\n"
+            "def test_worker(i):\n"
+            "    with open('workers.txt', 'a') as file:\n"
+            "        file.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p",
+         "no:cacheprovider", "."],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    workers = (tmp_path / "workers.txt").read_text().split()
+    assert len(workers) == 12 and len(set(workers)) == 1
