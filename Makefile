@@ -26,8 +26,9 @@ format:  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Two pytest-xdist workers (one torch thread each); tests marked slurm or serial share one.
-WORKERS ?= 2
+# Three pytest-xdist workers (one torch thread each) on two cores: the worker that runs the SLURM
+# tests (marked slurm, one worker) mostly waits for the cluster, so a third keeps both cores busy.
+WORKERS ?= 3
 
 test: lint  ## lint, then the test suite (CPU, offline, WORKERS=2 processes), its 15 slowest tests
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup \
