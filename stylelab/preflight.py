@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 
 from stylelab.config import Config, validate
 from stylelab.errors import StyleLabError
-from stylelab.outputs import SUMMARY_FILE, RunFolder
+from stylelab.outputs import RunFolder
 from stylelab.resources import ResourceError, check_writable
-from stylelab.run_folder import Status
+from stylelab.run_folder import SUMMARY_FILE, Status
 
 QUOTING_HINT = "quote the value inside the override, e.g. 'pair.content=\"/my photos/a.jpg\"'"
 # Spaces, non-ASCII, parentheses, quotes, and what Hydra's lexer refuses unquoted though it has

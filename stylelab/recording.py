@@ -10,8 +10,8 @@ import numpy as np
 from stylelab.engine.images import tensor_to_uint8
 from stylelab.engine.loop import Observer, Result, Row, RunState
 from stylelab.engine.observers import ROW_FIELDS
-from stylelab.outputs import FINAL_IMAGE, RunFolder
-from stylelab.run_folder import Status
+from stylelab.outputs import RunFolder
+from stylelab.run_folder import FINAL_IMAGE, Status
 from stylelab.tracking import Tracker
 
 

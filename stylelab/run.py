@@ -20,11 +20,12 @@ from omegaconf.errors import MissingMandatoryValue
 from stylelab.columns import column_values
 from stylelab.config import Config
 from stylelab.errors import StyleLabError
-from stylelab.outputs import CONFIG_FILE, SUMMARY_FILE, RunFolderError, unlock
+from stylelab.outputs import RunFolderError, unlock
 from stylelab.pareto import failed_return, sweep_return
 from stylelab.preflight import check_job, overrides_checked, record_failure
 from stylelab.resources import describe_os_error
 from stylelab.resume import prepare_run
+from stylelab.run_folder import CONFIG_FILE, SUMMARY_FILE
 from stylelab.runner import (
     ALONE,
     EXIT_FAILED,

@@ -29,10 +29,11 @@ from stylelab.errors import StyleLabError
 from stylelab.evaluating import EvalRecorder, build_evaluator, evaluate_saved
 from stylelab.factory import Built, Shared, build_synthesis, vgg_key
 from stylelab.lineage import CheckpointLogger, digests, input_files, log_result
-from stylelab.outputs import FINAL_IMAGE, NOT_STARTED, RunFolder
+from stylelab.outputs import RunFolder
 from stylelab.recording import RunFolderRecorder, TrackerRecorder
 from stylelab.resources import check_memory, memory_estimate_gib
 from stylelab.run_folder import (
+    FINAL_IMAGE,
     TRACKER_RUN_ID_KEY,
     Status,
     checkpoint_extra,
@@ -132,7 +133,9 @@ def synthesis_steps(
         )
     # A run that never took a step (NOT_STARTED) continues its tracker run, as a resumed one does.
     earlier = folder.read_summary() if checkpoint is None else {}
-    unused = earlier.get(TRACKER_RUN_ID_KEY) if earlier.get("status") == NOT_STARTED else None
+    unused = (
+        earlier.get(TRACKER_RUN_ID_KEY) if earlier.get("status") == Status.NOT_STARTED else None
+    )
     info.resume_id = info.resume_id or (checkpoint or {}).get(TRACKER_RUN_ID_KEY) or unused
     run_id = folder.start_run_id(new=checkpoint is None)  # checked against it on resume
     known: dict[str, Any] = {}  # what the summary of a failed or interrupted run can say too
@@ -153,7 +156,7 @@ def synthesis_steps(
                 raise out_of_memory(cfg) from None
         except NotStarted as error:  # never stepped: a resumed run keeps its summary
             summary: dict[str, Any] = {
-                "status": NOT_STARTED,
+                "status": Status.NOT_STARTED,
                 "error": str(error),
                 "tracker_run_id": tracker.run_id,
             }

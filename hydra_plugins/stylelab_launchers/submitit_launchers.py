@@ -38,9 +38,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.stylelab_launchers.packed_task import Member, PackedTask
 from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
-from stylelab.outputs import NOT_STARTED, SUMMARY_FILE, RunFolder, write_json
+from stylelab.outputs import RunFolder, write_json
 from stylelab.pareto import failed_return, sweep_return
-from stylelab.run_folder import Status
+from stylelab.run_folder import SUMMARY_FILE, Status
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -183,7 +183,7 @@ class WaitForEveryJob:
         if not (job_dir / SUMMARY_FILE).exists():
             self.hydra_folder(job_dir, overrides)
             error = f"its array task {job.job_id} was stopped before it was set up"
-            write_json(job_dir / SUMMARY_FILE, {"status": NOT_STARTED, "error": error})
+            write_json(job_dir / SUMMARY_FILE, {"status": Status.NOT_STARTED, "error": error})
         return self.job_return(overrides, job_dir, failed_return(self.returns()))
 
     @staticmethod
