@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -199,19 +200,46 @@ def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def leet_inspect(run: Path, *flags: str) -> str:
+    """What `wandb leet inspect [flags] run` prints: W&B's own command (its click entry point,
+    `wandb.cli.cli.cli`) run in this process, which saves the ~1 s of CPU a `wandb` process
+    spends importing itself; wandb-core still reads the run, as in the shell. A failure raises
+    with what it wrote to stderr. tests/test_wandb_runs.py checks it prints what the shell's
+    `wandb` prints."""
+    from wandb.cli.cli import cli
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)  # wandb-core inherits these
+        os.dup2(err.fileno(), 2)
+        try:
+            cli.main(["leet", "inspect", *flags, str(run)], "wandb", standalone_mode=False)
+            code = 0
+        except SystemExit as exit:  # the command ends with wandb-core's exit code
+            code = exit.code
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+        out.seek(0)
+        err.seek(0)
+        assert code in (0, None), f"wandb leet inspect {run} failed: {err.read().decode()}"
+        return out.read().decode()
+
+
+def leet_records(run: Path) -> list[dict]:
+    """Every record of one W&B run folder (offline-run-*), read by `wandb leet inspect --json`."""
+    out = leet_inspect(run, "--json")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def wandb_records(job_dir: Path) -> list[dict]:
     """Every record of the one W&B run under `job_dir/wandb`, read by W&B's own reader."""
     runs = sorted((job_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one W&B run under {job_dir}, found {runs}"
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return leet_records(runs[0])
 
 
 def records_of(records: list[dict], kind: str) -> list[dict]:
@@ -221,12 +249,4 @@ def records_of(records: list[dict], kind: str) -> list[dict]:
 def wandb_summary(job_dir: Path) -> dict:
     """`wandb leet inspect --summary --json` of the one W&B run under `job_dir/wandb`."""
     (run,) = sorted((job_dir / "wandb").glob("offline-run-*"))
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout)
+    return json.loads(leet_inspect(run, "--summary", "--json"))

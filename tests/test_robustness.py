@@ -22,7 +22,15 @@ from stylelab.engine.loop import LoopSettings, frame_interval
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError, StyleLabError
 from stylelab.tracking import NullTracker, RunInfo
-from tests.conftest import FAST, ROOT, only_run_dir, records_of, run_cli, wandb_summary
+from tests.conftest import (
+    FAST,
+    ROOT,
+    leet_records,
+    only_run_dir,
+    records_of,
+    run_cli,
+    wandb_summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -250,13 +258,7 @@ def test_signal_saves_everything_and_resume_continues_the_same_run(tmp_path: Pat
     assert len(runs) == 2 and runs[0].name[-8:] == runs[1].name[-8:]  # one W&B run, two sessions
     steps = []
     for run in runs:
-        out = subprocess.run(
-            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        records = [json.loads(line) for line in out.stdout.splitlines()]
+        records = leet_records(run)
         steps += [
             h["item"]["step"] for h in records_of(records, "history") if "loss/total" in h["item"]
         ]

@@ -22,7 +22,7 @@ from typing import NoReturn
 import pytest
 
 from stylelab.slurm import slurm_job_state
-from tests.conftest import ROOT, records_of, run_cli, wandb_records, wandb_summary
+from tests.conftest import ROOT, leet_records, records_of, run_cli, wandb_records, wandb_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -187,18 +187,7 @@ def accounting(job: str) -> list[str]:
 
 def session_records(job_dir: Path) -> list[list[dict]]:
     """The records of each W&B session (offline-run-* folder) of the job, in order."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    sessions = []
-    for run in sorted((job_dir / "wandb").glob("offline-run-*")):
-        out = subprocess.run(
-            [str(wandb_cli), "leet", "inspect", "--json", str(run)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        sessions.append([json.loads(line) for line in out.stdout.splitlines() if line.strip()])
-    return sessions
+    return [leet_records(run) for run in sorted((job_dir / "wandb").glob("offline-run-*"))]
 
 
 def test_four_job_sweep_matches_the_local_launcher(slurm_cluster, tmp_path: Path) -> None:
