@@ -13,14 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from tests.cli_fork import ForkServer
-from tests.conftest import (
-    FAST,
-    ROOT,
-    cli_env,
-    pytest_collection_modifyitems,
-    run_cli,
-    shared_folder,
-)
+from tests.conftest import FAST, ROOT, cli_env, run_cli, shared_folder
+from tests.grouping import pytest_collection_modifyitems
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -129,7 +123,7 @@ def test_grouped_tests_really_run_in_one_xdist_worker(tmp_path: Path) -> None:
     """The groups reach xdist's scheduler (its node ids), not only the marks: under pytest 9 or
     with this hook after xdist's, SLURM tests ran in both workers and two clusters collided."""
     (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n"
+        "from tests.grouping import pytest_collection_modifyitems  # noqa: F401\n"
         "def pytest_configure(config):\n"
         "    config.addinivalue_line('markers', 'slurm: x')\n"
     )
@@ -154,3 +148,11 @@ def test_grouped_tests_really_run_in_one_xdist_worker(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     workers = (tmp_path / "workers.txt").read_text().split()
     assert len(workers) == 12 and len(set(workers)) == 1
+
+
+def test_the_suite_registers_the_grouping_hook_before_xdist(pytestconfig) -> None:
+    """The hook checked above is the one this suite runs (tests/conftest.py registers it), and
+    it runs before xdist's, which reads the groups into node ids."""
+    hooks = pytestconfig.pluginmanager.hook.pytest_collection_modifyitems.get_hookimpls()
+    ours = [hook for hook in hooks if hook.function is pytest_collection_modifyitems]
+    assert len(ours) == 1 and ours[0].tryfirst
