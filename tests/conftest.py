@@ -17,12 +17,12 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.cli_fork import ForkServer
+from tests.cli_fork import ForkedProcess, ForkServer
 from tests.grouping import pytest_collection_modifyitems  # noqa: F401 (the hook)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model.weights=random", "image_size=32", "logger=none"]
-_FORKS = ForkServer()  # run_cli's CLI runs
+_FORKS = ForkServer()  # the CLI runs of run_cli and start_cli
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,7 +81,7 @@ def run_cli(
     interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
     args = [*(["-m"] if multirun else []), *overrides]
     environment = cli_env(env)
-    if not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(environment):
+    if forking(environment, fresh):
         return _FORKS.run(args, cwd=cwd, env=environment, timeout=timeout)
     command = [sys.executable, "-m", "stylelab.run", *args]
     return subprocess.run(
@@ -89,12 +89,32 @@ def run_cli(
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, fresh: bool = False) -> subprocess.Popen | ForkedProcess:
     """`python -m stylelab.run args...` in `cwd`, still running (stdout and stderr piped)."""
-    command = [sys.executable, "-m", "stylelab.run", *args]
+    return start_stylelab(list(args), cwd, cli_env(), fresh=fresh)
+
+
+def start_stylelab(
+    args: list[str], cwd: Path, env: dict, fresh: bool = False, stderr_to_stdout: bool = False
+) -> subprocess.Popen | ForkedProcess:
+    """`python -m stylelab.run args...` in `cwd` with exactly `env`, still running: a child of
+    the fork server unless `fresh`, STYLELAB_TEST_FORK=0 or an `env` it does not serve, else a
+    new interpreter (text, stdout piped, stderr piped or merged into stdout)."""
+    if forking(env, fresh):
+        return _FORKS.start(args, cwd=cwd, env=env, stderr_to_stdout=stderr_to_stdout)
     return subprocess.Popen(
-        command, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "stylelab.run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
+        text=True,
     )
+
+
+def forking(env: dict, fresh: bool) -> bool:
+    """Whether a CLI run with `env` is forked (tests/cli_fork.py) rather than a new interpreter."""
+    return not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(env)
 
 
 def cli_env(extra: dict | None = None) -> dict:

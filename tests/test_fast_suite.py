@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.cli_fork import ForkServer
+from tests.cli_fork import ForkedProcess, ForkServer
 from tests.conftest import FAST, ROOT, cli_env, run_cli, shared_folder
 from tests.grouping import pytest_collection_modifyitems
 
@@ -64,6 +66,62 @@ def test_a_forked_run_past_its_timeout_is_killed(tmp_path: Path, forks) -> None:
         [*FAST, "steps=1", "hydra.run.dir=r"], cwd=tmp_path, env=cli_env(), timeout=300
     )
     assert again.returncode == 0, again.stderr[-3000:]  # the server serves the next run
+
+
+def wait_for_steps(run_dir: Path, process: ForkedProcess, steps: int = 3) -> None:
+    """Until the run in `run_dir` has logged `steps` losses (it must not exit before)."""
+    deadline = time.monotonic() + 120
+    losses = run_dir / "losses.jsonl"
+    while not losses.exists() or len(losses.read_text().splitlines()) < steps:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
+def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, forks) -> None:
+    """The server serves a run while another runs; SIGINT stops a forked run as it stops a
+    fresh interpreter (checkpoint saved, exit code 130)."""
+    long = forks.start([*FAST, "steps=100000", "hydra.run.dir=long"], tmp_path, cli_env())
+    short = forks.run([*FAST, "steps=2", "hydra.run.dir=short"], tmp_path, cli_env(), 300)
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert json.loads((tmp_path / "short" / "summary.json").read_text())["status"] == "finished"
+    wait_for_steps(tmp_path / "long", long)
+    long.send_signal(signal.SIGINT)
+    _, stderr = long.communicate(timeout=60)
+    assert long.returncode == 130 and "interrupted by SIGINT" in stderr, stderr[-3000:]
+    summary = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (tmp_path / "long" / "checkpoint.pt").is_file()
+    assert (tmp_path / "short" / "run_id").read_text() != (tmp_path / "long" / "run_id").read_text()
+
+
+def test_a_forked_process_polls_times_out_and_is_killed_as_popen(tmp_path: Path, forks) -> None:
+    process = forks.start([*FAST, "steps=100000"], tmp_path, cli_env())
+    assert process.poll() is None and process.args[1:3] == ["-m", "stylelab.run"]
+    assert os.getpgid(process.pid) == os.getpgid(0) and process.pid != forks.server.pid
+    with pytest.raises(subprocess.TimeoutExpired) as timeout:
+        process.communicate(timeout=0.5)
+    assert timeout.value.timeout == 0.5 and timeout.value.cmd == process.args
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.1)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL == process.poll()
+    assert isinstance(process.communicate()[1], str)
+    process.kill()  # exited and reaped: nothing is sent, as with Popen
+
+
+def test_later_children_import_less_and_stream_their_output(tmp_path: Path, forks) -> None:
+    """A child hands the modules it imported to the server, which imports them for the next
+    ones (never `python -m`'s own module); merged output reads as a pipe, line by line."""
+    first = forks.start([*FAST, "steps=1", "hydra.run.dir=first"], tmp_path, cli_env())
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    assert first.imported and "stylelab.run" not in first.imported
+    assert not [name for name in first.imported if name.split(".")[0] in ("tests", "__main__")]
+    args = [*FAST, "steps=1", "hydra.run.dir=second"]
+    second = forks.start(args, tmp_path, cli_env(), stderr_to_stdout=True)
+    lines = list(second.stdout)
+    assert second.returncode == 0 and any("outputs in" in line for line in lines), lines
+    assert second.communicate() == ("", None)
+    assert len(second.imported) < len(first.imported), second.imported
 
 
 def test_another_pythonpath_gets_a_fresh_interpreter(forks) -> None:

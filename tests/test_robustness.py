@@ -6,7 +6,6 @@ import http.server
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from stylelab.engine.loop import LoopSettings, frame_interval
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError, StyleLabError
 from stylelab.tracking import NullTracker, RunInfo
+from tests.cli_fork import ForkedProcess
 from tests.conftest import (
     FAST,
     ROOT,
@@ -29,6 +29,7 @@ from tests.conftest import (
     only_run_dir,
     records_of,
     run_cli,
+    start_stylelab,
     wandb_summary,
 )
 
@@ -193,11 +194,8 @@ def test_out_of_memory_says_what_to_change(tmp_path: Path, monkeypatch) -> None:
         runner.run_synthesis(tiny_config(), tmp_path, NullTracker(), RunInfo({}, tmp_path, "oom"))
 
 
-def start_long_run(cwd: Path) -> tuple[subprocess.Popen, Path]:
-    command = [
-        sys.executable,
-        "-m",
-        "stylelab.run",
+def start_long_run(cwd: Path) -> tuple[subprocess.Popen | ForkedProcess, Path]:
+    args = [
         "model.weights=random",
         "image_size=32",
         "steps=100000",
@@ -210,9 +208,7 @@ def start_long_run(cwd: Path) -> tuple[subprocess.Popen, Path]:
         "PATH": "/usr/bin:/bin",
         "HOME": str(cwd),
     }
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_stylelab(args, cwd, env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         losses = list(cwd.glob("outputs/*/*/losses.jsonl"))
