@@ -41,11 +41,13 @@ PRELOAD = (  # what a single run imports (python -X importtime -m stylelab.run .
     "hydra_plugins.stylelab_launchers.sequential_launcher",
     "hydra_plugins.hydra_submitit_launcher.config",
 )
-# Where the modules a child may hand on to the server live (never a test's folder or plugins).
+# Where the modules a child may hand on to the server live: the standard library, the venv's
+# site-packages, stylelab/ and hydra_plugins/ here (never a test's folder or tests/plugins).
 WARM_ROOTS = tuple(
-    {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     | {str(ROOT / "stylelab"), str(ROOT / "hydra_plugins")}
 )
+WARM_ROOTS = tuple(os.path.join(root, "") for root in WARM_ROOTS)
 START_S = 300  # for the server's imports (the first request) and a fork
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests import conftest
 from tests.cli_fork import ForkedProcess, ForkServer
 from tests.conftest import FAST, ROOT, cli_env, run_cli, shared_folder
 from tests.grouping import pytest_collection_modifyitems
@@ -68,6 +69,13 @@ def test_a_forked_run_past_its_timeout_is_killed(tmp_path: Path, forks) -> None:
     assert again.returncode == 0, again.stderr[-3000:]  # the server serves the next run
 
 
+@pytest.fixture
+def shared_forks() -> ForkServer:
+    """The session's fork server (run_cli's and start_cli's): no start-up of its own to pay."""
+    assert conftest._FORKS.serves(cli_env())
+    return conftest._FORKS
+
+
 def wait_for_steps(run_dir: Path, process: ForkedProcess, steps: int = 3) -> None:
     """Until the run in `run_dir` has logged `steps` losses (it must not exit before)."""
     deadline = time.monotonic() + 120
@@ -77,11 +85,12 @@ def wait_for_steps(run_dir: Path, process: ForkedProcess, steps: int = 3) -> Non
         time.sleep(0.2)
 
 
-def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, forks) -> None:
+def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, shared_forks) -> None:
     """The server serves a run while another runs; SIGINT stops a forked run as it stops a
     fresh interpreter (checkpoint saved, exit code 130)."""
-    long = forks.start([*FAST, "steps=100000", "hydra.run.dir=long"], tmp_path, cli_env())
-    short = forks.run([*FAST, "steps=2", "hydra.run.dir=short"], tmp_path, cli_env(), 300)
+    args = [*FAST, "steps=100000", "log.flush_every=1", "log.image_every=1000"]
+    long = shared_forks.start([*args, "hydra.run.dir=long"], tmp_path, cli_env())
+    short = shared_forks.run([*FAST, "steps=2", "hydra.run.dir=short"], tmp_path, cli_env(), 300)
     assert short.returncode == 0, short.stderr[-3000:]
     assert json.loads((tmp_path / "short" / "summary.json").read_text())["status"] == "finished"
     wait_for_steps(tmp_path / "long", long)
@@ -93,10 +102,12 @@ def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, forks) -> Non
     assert (tmp_path / "short" / "run_id").read_text() != (tmp_path / "long" / "run_id").read_text()
 
 
-def test_a_forked_process_polls_times_out_and_is_killed_as_popen(tmp_path: Path, forks) -> None:
-    process = forks.start([*FAST, "steps=100000"], tmp_path, cli_env())
+def test_a_forked_process_polls_times_out_and_is_killed_as_popen(
+    tmp_path: Path, shared_forks
+) -> None:
+    process = shared_forks.start([*FAST, "steps=100000"], tmp_path, cli_env())
     assert process.poll() is None and process.args[1:3] == ["-m", "stylelab.run"]
-    assert os.getpgid(process.pid) == os.getpgid(0) and process.pid != forks.server.pid
+    assert os.getpgid(process.pid) == os.getpgid(0) and process.pid != shared_forks.server.pid
     with pytest.raises(subprocess.TimeoutExpired) as timeout:
         process.communicate(timeout=0.5)
     assert timeout.value.timeout == 0.5 and timeout.value.cmd == process.args
