@@ -15,6 +15,7 @@ PYTHONPATH, an import test) use a real subprocess instead (`tests.conftest.run_c
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -350,6 +351,9 @@ class Server:
     def fork(self, request: dict) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The server's objects out of the collector's reach: a child's collections then skip
+        # them, instead of writing to (and so copying) every page of the inherited heap.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             become_cli(request, self.fds, self.folders, self.record(os.getpid()))
