@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,14 +17,12 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.cli_fork import ForkServer
+from tests.cli_fork import ForkedProcess, ForkServer
+from tests.grouping import pytest_collection_modifyitems  # noqa: F401 (the hook)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model.weights=random", "image_size=32", "logger=none"]
-# Marks whose tests share one xdist worker (`--dist loadgroup`), in file order: `slurm`, so the
-# session's cluster starts once; `serial`, for tests that must not run at once with each other.
-GROUPED = ("slurm", "serial")
-_FORKS = ForkServer()  # run_cli's CLI runs
+_FORKS = ForkServer()  # the CLI runs of run_cli and start_cli
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,37 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _FORKS.close()
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked with a `GROUPED` mark run in one xdist worker, one after another; so do the
-    tests of a module that share a fixture of module scope defined there (a sweep made once)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = next((name for name in GROUPED if item.get_closest_marker(name)), None)
-        shared = module_fixtures(item)
-        if group is None and shared:
-            group = f"{item.module.__name__}:{'+'.join(shared)}"
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    # The SLURM tests first: they mostly wait, for minutes, while the other worker runs the rest
-    # (`make test` keeps this order: --no-loadscope-reorder).
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
-
-
-def module_fixtures(item: pytest.Item) -> list[str]:
-    """The module-scoped fixtures of the item's own module that it uses (directly or not)."""
-    module = getattr(getattr(item, "module", None), "__name__", None)
-    info = getattr(item, "_fixtureinfo", None)
-    if module is None or info is None:
-        return []
-    return sorted(
-        name
-        for name, defs in info.name2fixturedefs.items()
-        if defs[-1].scope == "module" and getattr(defs[-1].func, "__module__", None) == module
-    )
 
 
 def shared_folder(
@@ -113,7 +81,7 @@ def run_cli(
     interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
     args = [*(["-m"] if multirun else []), *overrides]
     environment = cli_env(env)
-    if not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(environment):
+    if forking(environment, fresh):
         return _FORKS.run(args, cwd=cwd, env=environment, timeout=timeout)
     command = [sys.executable, "-m", "stylelab.run", *args]
     return subprocess.run(
@@ -121,12 +89,32 @@ def run_cli(
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, fresh: bool = False) -> subprocess.Popen | ForkedProcess:
     """`python -m stylelab.run args...` in `cwd`, still running (stdout and stderr piped)."""
-    command = [sys.executable, "-m", "stylelab.run", *args]
+    return start_stylelab(list(args), cwd, cli_env(), fresh=fresh)
+
+
+def start_stylelab(
+    args: list[str], cwd: Path, env: dict, fresh: bool = False, stderr_to_stdout: bool = False
+) -> subprocess.Popen | ForkedProcess:
+    """`python -m stylelab.run args...` in `cwd` with exactly `env`, still running: a child of
+    the fork server unless `fresh`, STYLELAB_TEST_FORK=0 or an `env` it does not serve, else a
+    new interpreter (text, stdout piped, stderr piped or merged into stdout)."""
+    if forking(env, fresh):
+        return _FORKS.start(args, cwd=cwd, env=env, stderr_to_stdout=stderr_to_stdout)
     return subprocess.Popen(
-        command, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "stylelab.run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
+        text=True,
     )
+
+
+def forking(env: dict, fresh: bool) -> bool:
+    """Whether a CLI run with `env` is forked (tests/cli_fork.py) rather than a new interpreter."""
+    return not fresh and os.environ.get("STYLELAB_TEST_FORK") != "0" and _FORKS.serves(env)
 
 
 def cli_env(extra: dict | None = None) -> dict:
@@ -199,19 +187,46 @@ def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def leet_inspect(run: Path, *flags: str) -> str:
+    """What `wandb leet inspect [flags] run` prints: W&B's own command (its click entry point,
+    `wandb.cli.cli.cli`) run in this process, which saves the ~1 s of CPU a `wandb` process
+    spends importing itself; wandb-core still reads the run, as in the shell. A failure raises
+    with what it wrote to stderr. tests/test_wandb_runs.py checks it prints what the shell's
+    `wandb` prints."""
+    from wandb.cli.cli import cli
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)  # wandb-core inherits these
+        os.dup2(err.fileno(), 2)
+        try:
+            cli.main(["leet", "inspect", *flags, str(run)], "wandb", standalone_mode=False)
+            code = 0
+        except SystemExit as exit:  # the command ends with wandb-core's exit code
+            code = exit.code
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+        out.seek(0)
+        err.seek(0)
+        assert code in (0, None), f"wandb leet inspect {run} failed: {err.read().decode()}"
+        return out.read().decode()
+
+
+def leet_records(run: Path) -> list[dict]:
+    """Every record of one W&B run folder (offline-run-*), read by `wandb leet inspect --json`."""
+    out = leet_inspect(run, "--json")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def wandb_records(job_dir: Path) -> list[dict]:
     """Every record of the one W&B run under `job_dir/wandb`, read by W&B's own reader."""
     runs = sorted((job_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one W&B run under {job_dir}, found {runs}"
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return leet_records(runs[0])
 
 
 def records_of(records: list[dict], kind: str) -> list[dict]:
@@ -221,12 +236,4 @@ def records_of(records: list[dict], kind: str) -> list[dict]:
 def wandb_summary(job_dir: Path) -> dict:
     """`wandb leet inspect --summary --json` of the one W&B run under `job_dir/wandb`."""
     (run,) = sorted((job_dir / "wandb").glob("offline-run-*"))
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout)
+    return json.loads(leet_inspect(run, "--summary", "--json"))

@@ -5,22 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.cli_fork import ForkServer
-from tests.conftest import (
-    FAST,
-    ROOT,
-    cli_env,
-    pytest_collection_modifyitems,
-    run_cli,
-    shared_folder,
-)
+from tests import conftest
+from tests.cli_fork import ForkedProcess, ForkServer
+from tests.conftest import FAST, ROOT, cli_env, run_cli, shared_folder
+from tests.grouping import pytest_collection_modifyitems
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -70,6 +67,72 @@ def test_a_forked_run_past_its_timeout_is_killed(tmp_path: Path, forks) -> None:
         [*FAST, "steps=1", "hydra.run.dir=r"], cwd=tmp_path, env=cli_env(), timeout=300
     )
     assert again.returncode == 0, again.stderr[-3000:]  # the server serves the next run
+
+
+@pytest.fixture
+def shared_forks() -> ForkServer:
+    """The session's fork server (run_cli's and start_cli's): no start-up of its own to pay."""
+    assert conftest._FORKS.serves(cli_env())
+    return conftest._FORKS
+
+
+def wait_for_steps(run_dir: Path, process: ForkedProcess, steps: int = 3) -> None:
+    """Until the run in `run_dir` has logged `steps` losses (it must not exit before)."""
+    deadline = time.monotonic() + 120
+    losses = run_dir / "losses.jsonl"
+    while not losses.exists() or len(losses.read_text().splitlines()) < steps:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
+def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, shared_forks) -> None:
+    """The server serves a run while another runs; SIGINT stops a forked run as it stops a
+    fresh interpreter (checkpoint saved, exit code 130)."""
+    args = [*FAST, "steps=100000", "log.flush_every=1", "log.image_every=1000"]
+    long = shared_forks.start([*args, "hydra.run.dir=long"], tmp_path, cli_env())
+    short = shared_forks.run([*FAST, "steps=2", "hydra.run.dir=short"], tmp_path, cli_env(), 300)
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert json.loads((tmp_path / "short" / "summary.json").read_text())["status"] == "finished"
+    wait_for_steps(tmp_path / "long", long)
+    long.send_signal(signal.SIGINT)
+    _, stderr = long.communicate(timeout=60)
+    assert long.returncode == 130 and "interrupted by SIGINT" in stderr, stderr[-3000:]
+    summary = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (tmp_path / "long" / "checkpoint.pt").is_file()
+    assert (tmp_path / "short" / "run_id").read_text() != (tmp_path / "long" / "run_id").read_text()
+
+
+def test_a_forked_process_polls_times_out_and_is_killed_as_popen(
+    tmp_path: Path, shared_forks
+) -> None:
+    process = shared_forks.start([*FAST, "steps=100000"], tmp_path, cli_env())
+    assert process.poll() is None and process.args[1:3] == ["-m", "stylelab.run"]
+    assert os.getpgid(process.pid) == os.getpgid(0) and process.pid != shared_forks.server.pid
+    with pytest.raises(subprocess.TimeoutExpired) as timeout:
+        process.communicate(timeout=0.5)
+    assert timeout.value.timeout == 0.5 and timeout.value.cmd == process.args
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.1)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL == process.poll()
+    assert isinstance(process.communicate()[1], str)
+    process.kill()  # exited and reaped: nothing is sent, as with Popen
+
+
+def test_later_children_import_less_and_stream_their_output(tmp_path: Path, forks) -> None:
+    """A child hands the modules it imported to the server, which imports them for the next
+    ones (never `python -m`'s own module); merged output reads as a pipe, line by line."""
+    first = forks.start([*FAST, "steps=1", "hydra.run.dir=first"], tmp_path, cli_env())
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    assert first.imported and "stylelab.run" not in first.imported
+    assert not [name for name in first.imported if name.split(".")[0] in ("tests", "__main__")]
+    args = [*FAST, "steps=1", "hydra.run.dir=second"]
+    second = forks.start(args, tmp_path, cli_env(), stderr_to_stdout=True)
+    lines = list(second.stdout)
+    assert second.returncode == 0 and any("outputs in" in line for line in lines), lines
+    assert second.communicate() == ("", None)
+    assert len(second.imported) < len(first.imported), second.imported
 
 
 def test_another_pythonpath_gets_a_fresh_interpreter(forks) -> None:
@@ -129,7 +192,7 @@ def test_grouped_tests_really_run_in_one_xdist_worker(tmp_path: Path) -> None:
     """The groups reach xdist's scheduler (its node ids), not only the marks: under pytest 9 or
     with this hook after xdist's, SLURM tests ran in both workers and two clusters collided."""
     (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n"
+        "from tests.grouping import pytest_collection_modifyitems  # noqa: F401\n"
         "def pytest_configure(config):\n"
         "    config.addinivalue_line('markers', 'slurm: x')\n"
     )
@@ -154,3 +217,11 @@ def test_grouped_tests_really_run_in_one_xdist_worker(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     workers = (tmp_path / "workers.txt").read_text().split()
     assert len(workers) == 12 and len(set(workers)) == 1
+
+
+def test_the_suite_registers_the_grouping_hook_before_xdist(pytestconfig) -> None:
+    """The hook checked above is the one this suite runs (tests/conftest.py registers it), and
+    it runs before xdist's, which reads the groups into node ids."""
+    hooks = pytestconfig.pluginmanager.hook.pytest_collection_modifyitems.get_hookimpls()
+    ours = [hook for hook in hooks if hook.function is pytest_collection_modifyitems]
+    assert len(ours) == 1 and ours[0].tryfirst

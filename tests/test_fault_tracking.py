@@ -23,7 +23,8 @@ import pytest
 from stylelab.errors import StyleLabError
 from stylelab.tracking import BackgroundTracker, RunInfo, Tracker, TrackerError, make_tracker
 from stylelab.tracking import wandb_tracker as wt
-from tests.conftest import ROOT, records_of, run_cli, wandb_records
+from tests.cli_fork import ForkedProcess
+from tests.conftest import ROOT, records_of, run_cli, start_stylelab, wandb_records
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -198,20 +199,14 @@ def silent_server() -> Iterator[str]:
     thread.join(5)
 
 
-def start_cli(cwd: Path, url: str, *overrides: str) -> subprocess.Popen:
-    """The CLI in `auto` mode with an API key and `url` as the W&B server."""
+def start_cli(cwd: Path, url: str, *overrides: str) -> subprocess.Popen | ForkedProcess:
+    """The CLI in `auto` mode with an API key and `url` as the W&B server (stderr in stdout)."""
     env = {**os.environ, "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url}
     env.update(PYTHONUNBUFFERED="1", WANDB_SILENT="true", NETRC=str(cwd / "netrc"))
     env.pop("WANDB_MODE", None)
-    command = [sys.executable, "-m", "stylelab.run", "model.weights=random", "image_size=32"]
-    return subprocess.Popen(
-        [*command, *overrides],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT))},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", str(ROOT))
+    args = ["model.weights=random", "image_size=32", *overrides]
+    return start_stylelab(args, cwd, env, stderr_to_stdout=True)
 
 
 def logged_at(line: str) -> datetime:

@@ -6,7 +6,6 @@ import http.server
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,17 @@ from stylelab.engine.loop import LoopSettings, frame_interval
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.errors import DivergenceError, StyleLabError
 from stylelab.tracking import NullTracker, RunInfo
-from tests.conftest import FAST, ROOT, only_run_dir, records_of, run_cli, wandb_summary
+from tests.cli_fork import ForkedProcess
+from tests.conftest import (
+    FAST,
+    ROOT,
+    leet_records,
+    only_run_dir,
+    records_of,
+    run_cli,
+    start_stylelab,
+    wandb_summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -185,11 +194,8 @@ def test_out_of_memory_says_what_to_change(tmp_path: Path, monkeypatch) -> None:
         runner.run_synthesis(tiny_config(), tmp_path, NullTracker(), RunInfo({}, tmp_path, "oom"))
 
 
-def start_long_run(cwd: Path) -> tuple[subprocess.Popen, Path]:
-    command = [
-        sys.executable,
-        "-m",
-        "stylelab.run",
+def start_long_run(cwd: Path) -> tuple[subprocess.Popen | ForkedProcess, Path]:
+    args = [
         "model.weights=random",
         "image_size=32",
         "steps=100000",
@@ -202,9 +208,7 @@ def start_long_run(cwd: Path) -> tuple[subprocess.Popen, Path]:
         "PATH": "/usr/bin:/bin",
         "HOME": str(cwd),
     }
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_stylelab(args, cwd, env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         losses = list(cwd.glob("outputs/*/*/losses.jsonl"))
@@ -250,13 +254,7 @@ def test_signal_saves_everything_and_resume_continues_the_same_run(tmp_path: Pat
     assert len(runs) == 2 and runs[0].name[-8:] == runs[1].name[-8:]  # one W&B run, two sessions
     steps = []
     for run in runs:
-        out = subprocess.run(
-            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        records = [json.loads(line) for line in out.stdout.splitlines()]
+        records = leet_records(run)
         steps += [
             h["item"]["step"] for h in records_of(records, "history") if "loss/total" in h["item"]
         ]

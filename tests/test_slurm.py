@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,16 @@ from typing import NoReturn
 import pytest
 
 from stylelab.slurm import slurm_job_state
-from tests.conftest import ROOT, records_of, run_cli, wandb_records, wandb_summary
+from tests.cli_fork import ForkedProcess
+from tests.conftest import (
+    ROOT,
+    leet_records,
+    records_of,
+    run_cli,
+    start_stylelab,
+    wandb_records,
+    wandb_summary,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -107,24 +115,20 @@ def submitit_logs(sweep_dir: Path) -> str:
     )
 
 
-def start_sweep(cwd: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
-    """`python -m stylelab.run -m` through SLURM, in the background (`env`: more variables;
-    sbatch passes them on to the jobs)."""
+def start_sweep(
+    cwd: Path, *overrides: str, env: dict | None = None
+) -> subprocess.Popen | ForkedProcess:
+    """`python -m stylelab.run -m` through SLURM, in the background, forked from the suite's
+    fork server (tests/cli_fork.py; `env`: more variables, which sbatch passes on to the jobs;
+    the jobs themselves start as SLURM starts them)."""
     more = env or {}
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     env.update(more)
     env.pop("WANDB_API_KEY", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "stylelab.run", "-m", *SLURM, *overrides],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_stylelab(["-m", *SLURM, *overrides], cwd, env)
 
 
-def finish(process: subprocess.Popen, sweep_dir: Path, timeout: float) -> str:
+def finish(process: subprocess.Popen | ForkedProcess, sweep_dir: Path, timeout: float) -> str:
     """Wait for the sweep's end; returns its stderr (fails with the cluster's view on timeout)."""
     try:
         _, stderr = process.communicate(timeout=timeout)
@@ -187,18 +191,7 @@ def accounting(job: str) -> list[str]:
 
 def session_records(job_dir: Path) -> list[list[dict]]:
     """The records of each W&B session (offline-run-* folder) of the job, in order."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    sessions = []
-    for run in sorted((job_dir / "wandb").glob("offline-run-*")):
-        out = subprocess.run(
-            [str(wandb_cli), "leet", "inspect", "--json", str(run)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        sessions.append([json.loads(line) for line in out.stdout.splitlines() if line.strip()])
-    return sessions
+    return [leet_records(run) for run in sorted((job_dir / "wandb").glob("offline-run-*"))]
 
 
 def test_four_job_sweep_matches_the_local_launcher(slurm_cluster, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_fork import ForkedProcess
 from tests.test_slurm import (
     accounting,
     finish,
@@ -63,7 +64,7 @@ def signal_second_batches(waiting: dict[str, Path]) -> Callable[[], bool]:
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_packed_tasks_stop_at_once_and_the_requeued_task_runs_the_rest(tmp_path: Path) -> None:
-    sweeps: dict[str, tuple[Path, subprocess.Popen]] = {}
+    sweeps: dict[str, tuple[Path, subprocess.Popen | ForkedProcess]] = {}
     try:
         for name, (swept, jobs, _) in GROUPS.items():
             sweep_dir = tmp_path / "multirun" / name

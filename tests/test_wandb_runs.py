@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import only_run_dir, records_of, run_cli, wandb_records, wandb_summary
+from tests.conftest import (
+    leet_inspect,
+    only_run_dir,
+    records_of,
+    run_cli,
+    wandb_records,
+    wandb_summary,
+)
 
 pytestmark = pytest.mark.slow
 STEPS = 10
@@ -137,3 +146,14 @@ def test_a_failing_job_finishes_its_run_with_a_nonzero_exit_code(tmp_path: Path)
     assert "image not found" in result.stderr
     report = wandb_summary(only_run_dir(tmp_path))
     assert report["exit_code"] == 1 and report["state"] == "failed"
+
+
+@pytest.mark.parametrize("flags", [("--json",), ("--summary", "--json")])
+def test_the_in_process_reader_prints_what_the_wandb_command_prints(sweep, flags) -> None:
+    """conftest's `leet_inspect` (W&B's command called in-process, as every W&B test reads runs)
+    gives what `wandb leet inspect` gives in the shell, byte for byte."""
+    (run,) = sorted((sweep[0] / "wandb").glob("offline-run-*"))
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    command = [str(wandb_cli), "leet", "inspect", *flags, str(run)]
+    shell = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    assert shell.stdout.strip() and leet_inspect(run, *flags) == shell.stdout
