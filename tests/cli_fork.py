@@ -375,6 +375,7 @@ class Server:
             self.reply(id=self.children.pop(pid), code=code, warm=names, cpu=cpu)
             if names:
                 import_all(names)
+                gc.unfreeze()  # gc.get_objects() leaves frozen objects out; frozen at each fork
                 self.folders = temporary_folders()
 
     def imported(self, pid: int) -> list[str]:
