@@ -45,10 +45,12 @@ PRELOAD = (  # what a single run imports (python -X importtime -m stylelab.run .
 # Where the modules a child may hand on to the server live: the standard library, the venv's
 # site-packages, stylelab/ and hydra_plugins/ here (never a test's folder or tests/plugins).
 WARM_ROOTS = tuple(
-    {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    os.path.join(root, "")
+    for root in {
+        sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
     | {str(ROOT / "stylelab"), str(ROOT / "hydra_plugins")}
 )
-WARM_ROOTS = tuple(os.path.join(root, "") for root in WARM_ROOTS)
 START_S = 300  # for the server's imports (the first request) and a fork
 
 
@@ -69,7 +71,8 @@ class ForkServer:
     def _start(self, env: dict) -> subprocess.Popen:
         if self.server is None or self.server.poll() is not None:
             self.python, self.unread, self.running = python_variables(env), b"", {}
-            ours = {k: v for k, v in os.environ.items() if k not in python_variables(os.environ)}
+            theirs = python_variables(os.environ)
+            ours = {k: v for k, v in os.environ.items() if k not in theirs}
             self.server = subprocess.Popen(
                 [sys.executable, __file__],
                 stdin=subprocess.PIPE,
@@ -249,10 +252,12 @@ def python_variables(env: dict) -> dict[str, str]:
 
 
 def temporary_folders() -> list[tempfile.TemporaryDirectory]:
-    """The TemporaryDirectory objects the imports made (W&B's media and artifact folders)."""
-    import gc
+    """The TemporaryDirectory objects the imports made (W&B's media and artifact folders),
+    those frozen before an earlier fork too: gc.get_objects() leaves frozen objects out, so they
+    are unfrozen first (the next fork freezes them again)."""
     import warnings
 
+    gc.unfreeze()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecated attributes warn when looked at
         return [o for o in gc.get_objects() if isinstance(o, tempfile.TemporaryDirectory)]
@@ -375,7 +380,6 @@ class Server:
             self.reply(id=self.children.pop(pid), code=code, warm=names, cpu=cpu)
             if names:
                 import_all(names)
-                gc.unfreeze()  # gc.get_objects() leaves frozen objects out; frozen at each fork
                 self.folders = temporary_folders()
 
     def imported(self, pid: int) -> list[str]:

@@ -222,11 +222,16 @@ def leet_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def wandb_records(job_dir: Path) -> list[dict]:
-    """Every record of the one W&B run under `job_dir/wandb`, read by W&B's own reader."""
+def only_wandb_run(job_dir: Path) -> Path:
+    """The one W&B run folder (offline-run-*) under `job_dir/wandb`."""
     runs = sorted((job_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one W&B run under {job_dir}, found {runs}"
-    return leet_records(runs[0])
+    return runs[0]
+
+
+def wandb_records(job_dir: Path) -> list[dict]:
+    """Every record of the one W&B run under `job_dir/wandb`, read by W&B's own reader."""
+    return leet_records(only_wandb_run(job_dir))
 
 
 def records_of(records: list[dict], kind: str) -> list[dict]:
@@ -235,5 +240,4 @@ def records_of(records: list[dict], kind: str) -> list[dict]:
 
 def wandb_summary(job_dir: Path) -> dict:
     """`wandb leet inspect --summary --json` of the one W&B run under `job_dir/wandb`."""
-    (run,) = sorted((job_dir / "wandb").glob("offline-run-*"))
-    return json.loads(leet_inspect(run, "--summary", "--json"))
+    return json.loads(leet_inspect(only_wandb_run(job_dir), "--summary", "--json"))

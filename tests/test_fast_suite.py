@@ -8,16 +8,16 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests import conftest
-from tests.cli_fork import ForkedProcess, ForkServer
+from tests.cli_fork import ForkServer
 from tests.conftest import FAST, ROOT, cli_env, run_cli, shared_folder
 from tests.grouping import pytest_collection_modifyitems
+from tests.test_fault_runs import wait_for_rows
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -77,15 +77,6 @@ def shared_forks() -> ForkServer:
     return conftest._FORKS
 
 
-def wait_for_steps(run_dir: Path, process: ForkedProcess, steps: int = 3) -> None:
-    """Until the run in `run_dir` has logged `steps` losses (it must not exit before)."""
-    deadline = time.monotonic() + 120
-    losses = run_dir / "losses.jsonl"
-    while not losses.exists() or len(losses.read_text().splitlines()) < steps:
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.2)
-
-
 def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, shared_forks) -> None:
     """The server serves a run while another runs; SIGINT stops a forked run as it stops a
     fresh interpreter (checkpoint saved, exit code 130)."""
@@ -94,7 +85,7 @@ def test_two_forked_runs_at_once_and_sigint_to_one(tmp_path: Path, shared_forks)
     short = shared_forks.run([*FAST, "steps=2", "hydra.run.dir=short"], tmp_path, cli_env(), 300)
     assert short.returncode == 0, short.stderr[-3000:]
     assert json.loads((tmp_path / "short" / "summary.json").read_text())["status"] == "finished"
-    wait_for_steps(tmp_path / "long", long)
+    wait_for_rows(long, "long/losses.jsonl", tmp_path)
     long.send_signal(signal.SIGINT)
     _, stderr = long.communicate(timeout=60)
     assert long.returncode == 130 and "interrupted by SIGINT" in stderr, stderr[-3000:]

@@ -20,6 +20,7 @@ from stylelab import runner, signals
 from stylelab.engine.synthesis import Synthesizer
 from stylelab.outputs import RunFolder
 from stylelab.tracking import NullTracker, RunInfo
+from tests.cli_fork import ForkedProcess
 from tests.conftest import FAST, run_cli, start_cli
 from tests.test_robustness import tiny_config
 
@@ -46,7 +47,9 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def wait_for_rows(process: subprocess.Popen, pattern: str, cwd: Path, rows: int = 3) -> Path:
+def wait_for_rows(
+    process: subprocess.Popen | ForkedProcess, pattern: str, cwd: Path, rows: int = 3
+) -> Path:
     """The folder of the first `losses.jsonl` matching `pattern` once it has `rows` rows."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ from PIL import Image
 from tests.conftest import (
     leet_inspect,
     only_run_dir,
+    only_wandb_run,
     records_of,
     run_cli,
     wandb_records,
@@ -152,7 +153,7 @@ def test_a_failing_job_finishes_its_run_with_a_nonzero_exit_code(tmp_path: Path)
 def test_the_in_process_reader_prints_what_the_wandb_command_prints(sweep, flags) -> None:
     """conftest's `leet_inspect` (W&B's command called in-process, as every W&B test reads runs)
     gives what `wandb leet inspect` gives in the shell, byte for byte."""
-    (run,) = sorted((sweep[0] / "wandb").glob("offline-run-*"))
+    run = only_wandb_run(sweep[0])
     wandb_cli = Path(sys.executable).parent / "wandb"
     command = [str(wandb_cli), "leet", "inspect", *flags, str(run)]
     shell = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
