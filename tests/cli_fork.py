@@ -2,7 +2,8 @@
 
 Run as a program, this file imports what a CLI run imports (torch, Hydra, W&B, stylelab and its
 launchers: about 3 s of CPU), computes nothing, and then forks one child per request, several at
-once. Each child becomes `python -m stylelab.run args...` in the request's folder and environment,
+once. Each child becomes `python -m stylelab.run args...` (or another `python -m module ...` or
+`python -c code ...`: `start_python`) in the request's folder and environment,
 its stdout and stderr going to files: a real process, with its own pid, exit code, signals and
 interpreter shutdown (atexit, thread joins), in the client's process group, as the subprocess it
 replaces. A child that exits names the modules it imported beyond the server's (from the venv or
@@ -87,13 +88,20 @@ class ForkServer:
     ) -> ForkedProcess:
         """`python -m stylelab.run args...` started as `subprocess.Popen(..., stdout=PIPE,
         stderr=PIPE or STDOUT, text=True)` would start it."""
+        return self.start_python(["-m", "stylelab.run", *args], cwd, env, stderr_to_stdout)
+
+    def start_python(
+        self, argv: list[str], cwd: Path, env: dict, stderr_to_stdout: bool = False
+    ) -> ForkedProcess:
+        """`python argv...` (`-m module args...` or `-c code args...`) started as `start` starts
+        a CLI run."""
+        if argv[:1] not in (["-m"], ["-c"]) or len(argv) < 2:
+            raise ValueError(f"the fork server runs `-m module ...` or `-c code ...`, not {argv}")
         server = self._start(env)
         self.sent += 1
-        process = ForkedProcess(
-            self, [sys.executable, "-m", "stylelab.run", *args], stderr_to_stdout
-        )
+        process = ForkedProcess(self, [sys.executable, *argv], stderr_to_stdout)
         self.running[self.sent] = process
-        request = {"id": self.sent, "args": args, "cwd": str(cwd), "env": env}
+        request = {"id": self.sent, "argv": argv, "cwd": str(cwd), "env": env}
         request.update(
             stdout=str(process.out), stderr=None if stderr_to_stdout else str(process.err)
         )
@@ -108,7 +116,13 @@ class ForkServer:
     ) -> subprocess.CompletedProcess:
         """`python -m stylelab.run args...` as `subprocess.run(..., capture_output=True,
         text=True, timeout=timeout)` would give it."""
-        process = self.start(args, cwd, env)
+        return self.run_python(["-m", "stylelab.run", *args], cwd, env, timeout)
+
+    def run_python(
+        self, argv: list[str], cwd: Path, env: dict, timeout: float | None
+    ) -> subprocess.CompletedProcess:
+        """`python argv...` (see `start_python`) as `subprocess.run` gives it (see `run`)."""
+        process = self.start_python(argv, cwd, env)
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -278,10 +292,10 @@ def record_modules(path: str, known: set[str]) -> None:
     Path(path).write_text("".join(f"{name}\n" for name in names))
 
 
-def become_cli(request: dict, fds: list[int], folders: list, modules: str) -> None:
-    """In the forked child: `python -m stylelab.run args...` (does not return)."""
+def become_python(request: dict, fds: list[int], folders: list, modules: str) -> None:
+    """In the forked child: `python -m module args...` or `python -c code args...` (does not
+    return)."""
     import atexit
-    import runpy
 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -300,10 +314,27 @@ def become_cli(request: dict, fds: list[int], folders: list, modules: str) -> No
         os.dup2(1, 2)
     else:
         os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-    sys.path[0] = os.getcwd()  # as `python -m` puts it
-    sys.argv = ["-m", *request["args"]]
-    runpy._run_module_as_main("stylelab.run")  # type: ignore[attr-defined]
+    run_as_main(*request["argv"])
     sys.exit(0)
+
+
+def run_as_main(option: str, target: str, *args: str) -> None:
+    """What `python -m target args...` (option `-m`) or `python -c target args...` (`-c`) runs,
+    in a new `__main__` module, with sys.argv and sys.path[0] as that command sets them."""
+    import runpy
+    import types
+
+    sys.modules["__main__"] = types.ModuleType("__main__")  # not the server's globals
+    if option == "-c":
+        sys.path[0], sys.argv = "", ["-c", *args]
+        exec(compile(target, "<string>", "exec"), sys.modules["__main__"].__dict__)
+        return
+    sys.path[0], sys.argv = os.getcwd(), ["-m", *args]  # runpy puts the module's path first
+    if sys.modules.pop(target, None) is not None:  # imported by the server: run it afresh
+        package, _, name = target.rpartition(".")
+        if package in sys.modules:
+            vars(sys.modules[package]).pop(name, None)
+    runpy._run_module_as_main(target)  # type: ignore[attr-defined]
 
 
 def import_all(names: list[str]) -> None:
@@ -361,7 +392,7 @@ class Server:
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            become_cli(request, self.fds, self.folders, self.record(os.getpid()))
+            become_python(request, self.fds, self.folders, self.record(os.getpid()))
         self.children[pid] = request["id"]
         self.reply(id=request["id"], pid=pid)
 

@@ -80,12 +80,19 @@ def run_cli(
     forked from a process that has imported stylelab (tests/cli_fork.py) unless `fresh` (a new
     interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
     args = [*(["-m"] if multirun else []), *overrides]
-    environment = cli_env(env)
-    if forking(environment, fresh):
-        return _FORKS.run(args, cwd=cwd, env=environment, timeout=timeout)
-    command = [sys.executable, "-m", "stylelab.run", *args]
+    return run_python(["-m", "stylelab.run", *args], cwd, cli_env(env), timeout, fresh)
+
+
+def run_python(
+    argv: list[str], cwd: Path, env: dict, timeout: float | None = 300, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """`python argv...` (`-m module args...` or `-c code args...`) in `cwd` with exactly `env`,
+    finished (text, stdout and stderr captured): forked as `run_cli`'s runs are, unless `fresh`,
+    STYLELAB_TEST_FORK=0 or an `env` the fork server does not serve."""
+    if forking(env, fresh):
+        return _FORKS.run_python(argv, cwd=cwd, env=env, timeout=timeout)
     return subprocess.run(
-        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -100,10 +107,11 @@ def start_stylelab(
     """`python -m stylelab.run args...` in `cwd` with exactly `env`, still running: a child of
     the fork server unless `fresh`, STYLELAB_TEST_FORK=0 or an `env` it does not serve, else a
     new interpreter (text, stdout piped, stderr piped or merged into stdout)."""
+    argv = ["-m", "stylelab.run", *args]
     if forking(env, fresh):
-        return _FORKS.start(args, cwd=cwd, env=env, stderr_to_stdout=stderr_to_stdout)
+        return _FORKS.start_python(argv, cwd=cwd, env=env, stderr_to_stdout=stderr_to_stdout)
     return subprocess.Popen(
-        [sys.executable, "-m", "stylelab.run", *args],
+        [sys.executable, *argv],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

@@ -5,8 +5,6 @@ these check meaning and plumbing, not style-transfer quality)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from stylelab.outputs import RunFolder
 from stylelab.runner import run_synthesis
 from stylelab.tracking import RunInfo
 from stylelab.tracking.base import NullTracker
-from tests.conftest import cli_env, records_of, run_cli, wandb_records, wandb_summary
+from tests.conftest import cli_env, records_of, run_cli, run_python, wandb_records, wandb_summary
 from tests.test_perceptual import config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -213,10 +211,7 @@ def test_a_run_records_the_protocol_everywhere_and_evaluate_repeats_it(tmp_path:
     table = json.loads(table_file.read_text())
     assert {*METRICS, "eval/protocol"} <= set(table["columns"])
 
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "stylelab.evaluate", str(run_dir)],
-        capture_output=True, text=True, env=cli_env(), timeout=300,
-    )  # fmt: skip
+    evaluated = run_python(["-m", "stylelab.evaluate", str(run_dir)], run_dir, cli_env())
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout) == {
         key: summary[key] for key in [*METRICS, "eval/protocol"]

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from stylelab.errors import StyleLabError
 from stylelab.tracking import BackgroundTracker, RunInfo, Tracker, TrackerError, make_tracker
 from stylelab.tracking import wandb_tracker as wt
 from tests.cli_fork import ForkedProcess
-from tests.conftest import ROOT, records_of, run_cli, start_stylelab, wandb_records
+from tests.conftest import records_of, run_cli, run_python, start_stylelab, wandb_records
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -89,13 +88,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_flush_puts_every_row_on_disk_before_a_sigkill(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", SIGKILL_SCRIPT, str(tmp_path)],
-        env={**os.environ, "WANDB_MODE": "offline"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = run_python(["-c", SIGKILL_SCRIPT, str(tmp_path)], tmp_path, env, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
     rows = [h["item"] for h in records_of(wandb_records(tmp_path), "history")]
     assert [row["step"] for row in rows] == list(range(30))
@@ -204,7 +198,6 @@ def start_cli(cwd: Path, url: str, *overrides: str) -> subprocess.Popen | Forked
     env = {**os.environ, "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url}
     env.update(PYTHONUNBUFFERED="1", WANDB_SILENT="true", NETRC=str(cwd / "netrc"))
     env.pop("WANDB_MODE", None)
-    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", str(ROOT))
     args = ["model.weights=random", "image_size=32", *overrides]
     return start_stylelab(args, cwd, env, stderr_to_stdout=True)
 

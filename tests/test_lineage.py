@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from stylelab.outputs import RunFolder
 from stylelab.signals import Interrupted
 from stylelab.tracking import BackgroundTracker, RunInfo, Tracker, make_tracker
 from stylelab.tracking.wandb_tracker import WandbTracker
-from tests.conftest import cli_env, only_run_dir, records_of, run_cli, wandb_records
+from tests.conftest import cli_env, only_run_dir, records_of, run_cli, run_python, wandb_records
 from tests.test_robustness import tiny_config
 
 STEPS = 6
@@ -228,16 +226,12 @@ def test_resume_from_a_wandb_checkpoint_continues_the_same_run(lineage_run, tmp_
     latest = artifacts(records, "checkpoint")[-1]
     layout = lay_out(latest, tmp_path / "download")
     resume = f"resume=wandb:someone/stylelab/{run['run_id']}"
-    command = [sys.executable, "-c", RESUME_SCRIPT, str(layout)]
+    command = ["-c", RESUME_SCRIPT, str(layout)]
     env = cli_env({"WANDB_DATA_DIR": str(tmp_path / "wandb-data")})
-    refused = subprocess.run(
-        [*command, resume, "image_size=64"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    refused = run_python([*command, resume, "image_size=64"], tmp_path, env, timeout=None)
     assert refused.returncode == 1 and "a run cannot change image_size" in refused.stderr
     shutil.rmtree(tmp_path / "outputs")
-    result = subprocess.run(
-        [*command, resume, "steps=8"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = run_python([*command, resume, "steps=8"], tmp_path, env, timeout=None)
     assert result.returncode == 0, result.stderr
     resumed = only_run_dir(tmp_path)
     assert [p.name.split("-")[-1] for p in (resumed / "wandb").glob("offline-run-*")] == [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import yaml
 
 from stylelab.pareto import failed_return, pareto_optimal, sweep_return
 from stylelab.report import write_report
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_cli, run_python
 
 PARETO_RUN = ["hparams_search=pareto", "model.weights=random", "image_size=32", "steps=2"]
 
@@ -71,16 +70,9 @@ FAILED_EVALUATION_RUN = """
 
 
 def run_failed_evaluation(*overrides: str, cwd: Path) -> tuple[int, str]:
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    script = cwd / "failed_evaluation_run.py"
-    script.write_text(textwrap.dedent(FAILED_EVALUATION_RUN))
-    env = cli_env({"PYTHONPATH": str(root)})
-    result = subprocess.run(
-        [sys.executable, str(script), *overrides], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
+    """`python -c FAILED_EVALUATION_RUN overrides...` in `cwd` (forked: tests/cli_fork.py)."""
+    code = textwrap.dedent(FAILED_EVALUATION_RUN)
+    result = run_python(["-c", code, *overrides], cwd, cli_env(), timeout=300)
     return result.returncode, result.stdout + result.stderr
 
 

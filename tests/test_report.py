@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from stylelab import report
+from tests.conftest import run_python
 from tests.sweep_fixture import tiny_sweep
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,8 @@ def chromium() -> str:
 
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "stylelab.report", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    """`python -m stylelab.report args...` (forked: tests/cli_fork.py)."""
+    return run_python(["-m", "stylelab.report", *args], Path.cwd(), dict(os.environ), 120)
 
 
 def test_report_of_a_real_sweep_opens_in_chromium_with_every_image(
