@@ -4,12 +4,11 @@ and optimiser settings, for the runner and the benchmarks alike."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +29,6 @@ from stylelab.engine.synthesis import default_precision, initial_image
 from stylelab.errors import ImageError, StyleLabError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Shared:
@@ -43,13 +41,6 @@ class Shared:
         self.vggs: dict[tuple, torch.nn.Sequential] = {}
         self.decoded: dict[tuple, Image.Image] = {}
         self.resized: dict[tuple[int, int], tuple[Image.Image, Image.Image]] = {}
-        self.computed: dict[Hashable, Any] = {}
-
-    def once(self, key: Hashable, make: Callable[[], T]) -> T:
-        """`make()`, computed once per `key` for the sweep (e.g. its swept keys)."""
-        if key not in self.computed:
-            self.computed[key] = make()
-        return self.computed[key]
 
     def vgg(self, cfg: Config) -> torch.nn.Sequential:
         key = vgg_key(cfg)[:2]

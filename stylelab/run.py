@@ -130,7 +130,7 @@ def job_steps(cfg: DictConfig, launch: Launch = ALONE) -> JobSteps[float | list[
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)  # on resume: with its new steps
         check_job(config, run_dir)
         tracker = make_tracker(config.logger.name, **logger_options(config))
-        swept = swept_keys(hydra_cfg, launch) if multirun else None
+        swept = swept_keys(hydra_cfg) if multirun else None
         info = RunInfo(
             config=resolved,
             run_dir=run_dir,
@@ -183,11 +183,9 @@ def job_steps(cfg: DictConfig, launch: Launch = ALONE) -> JobSteps[float | list[
         unlock(*held)  # a multirun's next job (or batch-mate) may use them in this process
 
 
-def swept_keys(hydra_cfg: Any, launch: Launch) -> list[str]:
-    """The multirun's swept keys (read once per sweep when its jobs share a `Shared`)."""
-    sweep_dir = str(hydra_cfg.sweep.dir)
-    read = lambda: multirun_sweep_keys(sweep_dir, hydra_cfg.sweeper.get("params"))  # noqa: E731
-    return list(launch.shared.once(("swept", sweep_dir), read) if launch.shared else read())
+def swept_keys(hydra_cfg: Any) -> list[str]:
+    """The multirun's swept keys (`multirun_sweep_keys` reads them once per sweep and process)."""
+    return multirun_sweep_keys(str(hydra_cfg.sweep.dir), hydra_cfg.sweeper.get("params"))
 
 
 def logger_options(config: Config) -> dict[str, Any]:

@@ -22,7 +22,11 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.stylelab_launchers import packed_task
 from hydra_plugins.stylelab_launchers.batch_jobs import Job
-from hydra_plugins.stylelab_launchers.submitit_launchers import SlurmLauncher, WatchedTask
+from hydra_plugins.stylelab_launchers.submitit_launchers import (
+    SlurmLauncher,
+    WatchedTask,
+    may_log_to_wandb,
+)
 from stylelab import runner, signals, slurm
 from stylelab.callbacks import SweepSummary
 from stylelab.engine.batch import BatchJob
@@ -206,3 +210,48 @@ def test_a_job_that_never_started_starts_afresh_in_its_folder_and_its_tracker_ru
     runner.run_synthesis(cfg, tmp_path, again, RunInfo({}, tmp_path, "j"))
     assert again.run_id == first.run_id  # one tracker run, not an empty one left behind
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+# --- the W&B service lines of a SLURM batch script -------------------------------------------------
+
+FAST_JOBS = [["model.weights=random", "logger=none", f"seed={seed}"] for seed in range(3)]
+
+
+def test_a_sweep_that_may_log_to_wandb_gets_the_wandb_service_and_one_that_cannot_does_not() -> (
+    None
+):
+    assert may_log_to_wandb("wandb", FAST_JOBS)  # the default logger
+    assert may_log_to_wandb("wandb", [["seed=0"]])
+    assert not may_log_to_wandb("none", FAST_JOBS)  # `logger=none` repeated by every job
+    assert not may_log_to_wandb("none", [["seed=0", "+logger.name=none"], ["loggers=2"]])
+    for job in ("logger=wandb", "logger.name=wandb", "++logger.name=wandb", "logger.mode=offline"):
+        assert may_log_to_wandb("none", [*FAST_JOBS, ["logger=none", job]]), job
+    assert may_log_to_wandb("none", [["~logger"]]) and may_log_to_wandb("none", [["~logger.name"]])
+
+
+def test_a_slurm_sweeps_batch_scripts_start_a_wandb_service_only_if_it_may_log_to_wandb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scripts_setup: list[list[str]] = []
+
+    def submitted(self, job_overrides, initial_job_idx):  # what sbatch would get: params' setup
+        scripts_setup.append(list(self.params["setup"] or []))
+        return []
+
+    # where SlurmLauncher submits (Hydra's plugin scan may import its own copy of the class)
+    base = next(c for c in SlurmLauncher.__mro__ if c.__name__ == "WaitForEveryJob")
+    monkeypatch.setattr(base, "launch", submitted)
+    launcher = SlurmLauncher(setup=["module load cuda"])
+    for logger, jobs in [
+        ("wandb", [["seed=0"]]),
+        ("none", FAST_JOBS),
+        ("none", [["logger=wandb"]]),
+    ]:
+        launcher.config = OmegaConf.create({"logger": {"name": logger}})
+        launcher.launch(jobs, 0)
+        assert launcher.params["setup"] == ["module load cuda"]
+    with_service, without, switched_on = scripts_setup
+    assert with_service[0] == "module load cuda" and any(
+        "beta core start" in x for x in with_service
+    )
+    assert without == ["module load cuda"] and switched_on == with_service

@@ -18,13 +18,14 @@ own `__call__` (one job) or `PackedTask` (several).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,13 +247,16 @@ def submission_problem(error: Exception, gpus_per_node: Any) -> str | None:
 
 
 class SlurmLauncher(WaitForEveryJob, plugin.SlurmLauncher):
-    """`submitit_slurm`, waiting for every job, with one W&B service per job outside its step."""
+    """`submitit_slurm`, waiting for every job, with one W&B service per job outside its step
+    (where a job of the sweep may log to W&B)."""
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         setup = self.params.get("setup")
-        self.params["setup"] = [*(setup or []), *wandb_service_setup(sys.executable)]
+        logger = OmegaConf.select(self.config, "logger.name") if self.config is not None else None
+        if may_log_to_wandb(str(logger or "wandb"), job_overrides):  # unknown: it may
+            self.params["setup"] = [*(setup or []), *wandb_service_setup(sys.executable)]
         try:
             return super().launch(job_overrides, initial_job_idx)
         except Exception as error:
@@ -262,6 +266,24 @@ class SlurmLauncher(WaitForEveryJob, plugin.SlurmLauncher):
             raise SubmissionError(message) from None
         finally:
             self.params["setup"] = setup
+
+
+def may_log_to_wandb(logger_name: str, job_overrides: Iterable[Sequence[str]]) -> bool:
+    """Whether a job of the sweep may log to W&B: the sweep's composed `logger.name` is "wandb",
+    or a job's override of `logger` or `logger.*` may change it. Overrides that select or set
+    the composed name itself (`logger=none`, `logger.name=none` in a `logger=none` sweep: the
+    command's own overrides, which every job repeats) change nothing."""
+    if logger_name == "wandb":
+        return True
+    for override in itertools.chain.from_iterable(job_overrides):
+        prefixed, _, value = (part.strip() for part in override.partition("="))
+        key = prefixed.lstrip("+~")
+        if key != "logger" and not key.startswith("logger."):
+            continue
+        sets_composed_name = key in ("logger", "logger.name") and value == logger_name
+        if prefixed.startswith("~") or not sets_composed_name:
+            return True
+    return False
 
 
 def wandb_service_setup(python: str) -> list[str]:
