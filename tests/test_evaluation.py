@@ -13,7 +13,7 @@ import torch
 
 from stylelab.config import Config
 from stylelab.engine.color_distance import color_projections, color_quantiles, lab_pixels
-from stylelab.engine.evaluation import EVAL_PROTOCOL, METRICS, Evaluator
+from stylelab.engine.evaluation import EVAL_PROTOCOL, METRICS, Evaluator, float64_copy
 from stylelab.engine.features import load_vgg19_features
 from stylelab.errors import StyleLabError
 from stylelab.evaluate import main as evaluate_main
@@ -79,6 +79,24 @@ def test_a_blend_targets_the_blend_and_masks_weigh_regions_by_area(vgg) -> None:
     assert all_first["eval/color"] == pytest.approx(alone["eval/color"], rel=1e-9)
     half = Evaluator(vgg, content, [first, second])(image)
     assert half["eval/style"] != pytest.approx(alone["eval/style"], rel=1e-3)
+
+
+def test_the_evaluators_float64_copy_leaves_the_runs_vgg_as_it_was(vgg) -> None:
+    """The evaluator's encoder: float64 copies of the run's weights, the run's VGG untouched."""
+    before = {name: (p.clone(), p.requires_grad) for name, p in vgg.named_parameters()}
+    copied = float64_copy(vgg)
+    assert [type(m) for m in copied] == [type(m) for m in vgg]
+    for name, parameter in copied.named_parameters():
+        original = before[name][0]
+        assert parameter.dtype == torch.float64 and not parameter.requires_grad
+        assert torch.equal(parameter, original.double())  # exact: every float32 is a float64
+        assert parameter.data_ptr() != dict(vgg.named_parameters())[name].data_ptr()
+    for name, parameter in vgg.named_parameters():
+        assert parameter.dtype == torch.float32 and parameter.requires_grad == before[name][1]
+        assert torch.equal(parameter, before[name][0])
+    evaluator = Evaluator(vgg, images(0, 32, 32), [images(1, 32, 32)])
+    assert all(p.dtype == torch.float64 for p in evaluator.encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in vgg.parameters())
 
 
 def test_colour_quantiles_are_within_one_bin_of_the_exact_ones() -> None:
