@@ -27,28 +27,13 @@ _FORKS = ForkServer()  # the CLI runs of run_cli and start_cli
 
 def pytest_configure(config: pytest.Config) -> None:
     """In each pytest-xdist worker: one torch (and OpenMP) thread, for it and the CLI runs it
-    starts, so that two workers do not fight over two cores. In the main process: the
-    repository's packages byte-compiled (`precompile`)."""
+    starts, so that two workers do not fight over two cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = "1"
         torch.set_num_threads(1)
         with contextlib.suppress(RuntimeError):  # refused once torch ran parallel work
             torch.set_num_interop_threads(1)
-    else:
-        precompile()
-
-
-def precompile() -> None:
-    """Byte-compile stylelab, its launchers and the benchmarks (as an import would, into
-    __pycache__): the interpreters the tests start (SLURM tasks, submitit jobs, fork servers,
-    subprocesses) then load them instead of each compiling them again, which they do where
-    PYTHONDONTWRITEBYTECODE is set (pytest-xdist sets it in its workers, and so for every
-    process they start): about 0.3 s of CPU per interpreter."""
-    import compileall
-
-    for package in ("stylelab", "hydra_plugins", "benchmarks"):
-        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
