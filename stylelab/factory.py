@@ -19,7 +19,12 @@ from stylelab.config import Config, mask_sources, style_sources
 from stylelab.engine.color import finish_color, prepare_color_inputs
 from stylelab.engine.device import resolve_device
 from stylelab.engine.features import VGGFeatures, layer_name, load_vgg19_features
-from stylelab.engine.images import pil_to_tensor, resize_long_side, tensor_to_uint8
+from stylelab.engine.images import (
+    long_side_size,
+    pil_to_tensor,
+    resize_long_side,
+    tensor_to_uint8,
+)
 from stylelab.engine.loop import LoopSettings, Prepare, Present, Synthesis
 from stylelab.engine.masks import load_mask
 from stylelab.engine.objective import Objective, encoder_layers
@@ -116,6 +121,12 @@ class StageImages:
 
     def style_side(self, size: int) -> int:
         return self.style_size or max(1, round(self.style_scale * size))
+
+    def sizes(self, size: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """(width, height) of the content and of each style at `size`, without resizing."""
+        side = self.style_side(size)
+        content = long_side_size(*self.sources.content.size, size)
+        return content, [long_side_size(*style.size, side) for style in self.sources.styles]
 
     def __call__(self, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if size not in self.cache:
@@ -304,20 +315,21 @@ def start_image(cfg: Config, device: torch.device, shared: Shared | None = None)
 
 
 def check_sizes(images: StageImages, stages: list[Stage], encoder: VGGFeatures) -> None:
-    """Every stage's content and style images must be large enough for the deepest layer."""
-    smallest = stages[0].size
-    content, styles = images(smallest)
+    """Every stage's content and style images must be large enough for the deepest layer
+    (checked on their sizes: nothing is resized yet)."""
+    content, styles = images.sizes(stages[0].size)
     pyramid = len(stages) > 1
     check_size(content, encoder, "content", "schedule.min_size" if pyramid else "image_size")
     for style in styles:
         check_size(style, encoder, "style", "style_size or style_scale")
 
 
-def check_size(image: torch.Tensor, encoder: VGGFeatures, what: str, size_key: str) -> None:
-    side = min(image.shape[-2:])
-    if side < encoder.min_size:
+def check_size(size: tuple[int, int], encoder: VGGFeatures, what: str, size_key: str) -> None:
+    """`size`: an image's (width, height)."""
+    width, height = size
+    if min(width, height) < encoder.min_size:
         deepest = layer_name(encoder.layers[-1])
         raise ImageError(
-            f"the {what} image is {image.shape[-1]}x{image.shape[-2]} px, too small for layer {deepest}: "
+            f"the {what} image is {width}x{height} px, too small for layer {deepest}: "
             f"its shorter side must be at least {encoder.min_size} px (raise {size_key} or use shallower layers)"
         )

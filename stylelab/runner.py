@@ -196,9 +196,9 @@ def _synthesize(
 ) -> JobSteps[dict[str, Any]]:
     built = build_synthesis(cfg, shared=launch.shared)
     synthesis = built.synthesis
+    width, height = built.images.sizes(synthesis.stages[-1].size)[0]
+    check_memory(cfg, built.device, width * height)  # before the images are made at that size
     describe(built, cfg)
-    content = built.images(synthesis.stages[-1].size)[0]
-    check_memory(cfg, built.device, content.shape[-1] * content.shape[-2])
     if checkpoint is not None:
         log.info("resuming from step %d of %d (%s)", checkpoint_step(checkpoint),
                  synthesis.total_steps, folder.checkpoint_path)  # fmt: skip

@@ -368,6 +368,26 @@ def test_image_size_beyond_memory_is_refused_before_the_run(tmp_path: Path) -> N
     assert_failed_summary(run_dir, "not enough memory")
 
 
+def test_the_memory_check_comes_before_any_image_is_made_at_that_size(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A run too large for memory is refused from its images' sizes alone: no image at
+    image_size (8000x8000 px, 768 MB as float32) is ever made, nor the VGG run on one."""
+    from stylelab import factory, runner
+    from stylelab.tracking import NullTracker, RunInfo
+    from tests.test_robustness import tiny_config
+
+    made: list[tuple[int, ...]] = []
+    to_tensor = factory.pil_to_tensor
+    monkeypatch.setattr(
+        factory, "pil_to_tensor", lambda image: made.append(image.size) or to_tensor(image)
+    )
+    cfg = tiny_config(image_size=8000, style_size=32)
+    with pytest.raises(StyleLabError, match="not enough memory on cpu for image_size=8000"):
+        runner.run_synthesis(cfg, tmp_path, NullTracker(), RunInfo({}, tmp_path, "big"))
+    assert not [size for size in made if max(size) > 32], made  # at most the 32 px style
+
+
 def test_memory_check_reads_meminfo(tmp_path: Path, monkeypatch) -> None:
     import torch
 
