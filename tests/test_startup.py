@@ -54,6 +54,10 @@ def test_jobs_sharing_inputs_decode_them_and_load_the_vgg_once(monkeypatch) -> N
     second = factory.build_synthesis(tiny_config(style_weight=1e3), shared=shared)
     assert [args[0] for args in decoded] == ["skimage:astronaut", "skimage:coffee"]
     assert len(loaded) == 1 and first.vgg is second.vgg
+    size = first.synthesis.stages[-1].size
+    assert not resized  # building checks sizes without resizing; the jobs resize when they run
+    for built in (first, second):
+        built.images(size)
     assert len(resized) == 2  # content and style, once each for both jobs
     assert first.images.sources.content is second.images.sources.content
     alone = factory.build_synthesis(tiny_config())  # no `Shared`: its own of everything
