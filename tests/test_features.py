@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.models
 from torch import nn
 
 from stylelab.engine.features import (
@@ -385,7 +386,11 @@ def test_imagenet_weights_from_hub_cache(
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"tried to download {args}")
 
+    def no_classifier(*args: object, **kwargs: object) -> None:
+        raise AssertionError("built torchvision's whole VGG-19 (its classifier too)")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(torchvision.models, "vgg19", no_classifier)
     assert_state_equal(load_vgg19_features("imagenet"), feature_state)
 
 

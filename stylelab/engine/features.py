@@ -98,10 +98,19 @@ def hub_checkpoint_path() -> Path:
 def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequential:
     """VGG-19 `features` with weights from `imagenet`, `random` or a local state-dict file."""
     if weights == "imagenet":
-        from torchvision.models import VGG19_Weights, vgg19
+        from torchvision.models import VGG19_Weights
 
         try:
-            model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1, progress=True)
+            # What torchvision's vgg19(weights=...) loads, through the same hub cache, without
+            # building (and randomly initialising) its 120M-parameter classifier first.
+            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+            return _features_holding(
+                {
+                    k.removeprefix("features."): v
+                    for k, v in state.items()
+                    if k.startswith("features.")
+                }
+            )
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
             # urllib's URLError is an OSError; a corrupt cache file raises RuntimeError,
             # UnpicklingError or EOFError depending on how it is broken.
@@ -111,7 +120,6 @@ def load_vgg19_features(weights: str = "imagenet", seed: int = 0) -> nn.Sequenti
                 "(set TORCH_HOME or download it there), or use model.weights=<path to a state dict> "
                 "or model.weights=random for an offline smoke run"
             ) from None
-        return model.features
     if weights == "random":
         log.warning(
             "USING RANDOM VGG-19 WEIGHTS (model.weights=random, seed %d): for tests and smoke "
@@ -133,6 +141,15 @@ def _random_features() -> nn.Sequential:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:  # VGG's convolutions all have one
                 nn.init.zeros_(module.bias)
+    return features
+
+
+def _features_holding(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """VGG-19 `features` whose parameters are `state`'s tensors (keys as in `vgg19_layers()`),
+    built on the meta device: no weights are initialised only to be replaced."""
+    with torch.device("meta"):
+        features = vgg19_layers()
+    features.load_state_dict(state, strict=True, assign=True)
     return features
 
 
