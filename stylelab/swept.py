@@ -67,7 +67,7 @@ def saved_sweep_keys(saved: bytes, params: tuple[str, ...]) -> tuple[str, ...]:
     try:
         config = OmegaConf.load(io.TextIOWrapper(io.BytesIO(saved), encoding="utf-8"))
         task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-    except (OSError, OmegaConfBaseException, ValueError):
+    except (OmegaConfBaseException, ValueError):  # from bytes in memory: no OSError
         task = []
     return tuple(sweep_keys(task, dict.fromkeys(params)))
 

@@ -52,6 +52,7 @@ WARM_ROOTS = tuple(
     }
     | {str(ROOT / "stylelab"), str(ROOT / "hydra_plugins")}
 )
+STYLELAB_RUN = ["-m", "stylelab.run"]  # what follows `python` for a CLI run
 START_S = 300  # for the server's imports (the first request) and a fork
 
 
@@ -88,7 +89,7 @@ class ForkServer:
     ) -> ForkedProcess:
         """`python -m stylelab.run args...` started as `subprocess.Popen(..., stdout=PIPE,
         stderr=PIPE or STDOUT, text=True)` would start it."""
-        return self.start_python(["-m", "stylelab.run", *args], cwd, env, stderr_to_stdout)
+        return self.start_python([*STYLELAB_RUN, *args], cwd, env, stderr_to_stdout)
 
     def start_python(
         self, argv: list[str], cwd: Path, env: dict, stderr_to_stdout: bool = False
@@ -116,7 +117,7 @@ class ForkServer:
     ) -> subprocess.CompletedProcess:
         """`python -m stylelab.run args...` as `subprocess.run(..., capture_output=True,
         text=True, timeout=timeout)` would give it."""
-        return self.run_python(["-m", "stylelab.run", *args], cwd, env, timeout)
+        return self.run_python([*STYLELAB_RUN, *args], cwd, env, timeout)
 
     def run_python(
         self, argv: list[str], cwd: Path, env: dict, timeout: float | None

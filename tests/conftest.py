@@ -17,7 +17,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.cli_fork import ForkedProcess, ForkServer
+from tests.cli_fork import STYLELAB_RUN, ForkedProcess, ForkServer
 from tests.grouping import pytest_collection_modifyitems  # noqa: F401 (the hook)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def run_cli(
     forked from a process that has imported stylelab (tests/cli_fork.py) unless `fresh` (a new
     interpreter, for tests of what starting one does) or STYLELAB_TEST_FORK=0."""
     args = [*(["-m"] if multirun else []), *overrides]
-    return run_python(["-m", "stylelab.run", *args], cwd, cli_env(env), timeout, fresh)
+    return run_python([*STYLELAB_RUN, *args], cwd, cli_env(env), timeout, fresh)
 
 
 def run_python(
@@ -107,7 +107,7 @@ def start_stylelab(
     """`python -m stylelab.run args...` in `cwd` with exactly `env`, still running: a child of
     the fork server unless `fresh`, STYLELAB_TEST_FORK=0 or an `env` it does not serve, else a
     new interpreter (text, stdout piped, stderr piped or merged into stdout)."""
-    argv = ["-m", "stylelab.run", *args]
+    argv = [*STYLELAB_RUN, *args]
     if forking(env, fresh):
         return _FORKS.start_python(argv, cwd=cwd, env=env, stderr_to_stdout=stderr_to_stdout)
     return subprocess.Popen(

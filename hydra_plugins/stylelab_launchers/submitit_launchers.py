@@ -42,6 +42,7 @@ from hydra_plugins.stylelab_launchers.sequential_launcher import job_config
 from stylelab.outputs import RunFolder, write_json
 from stylelab.pareto import failed_return, sweep_return
 from stylelab.run_folder import SUMMARY_FILE, Status
+from stylelab.swept import override_key
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # ask the cluster (sacct) about unfinished jobs at least this often
@@ -277,7 +278,7 @@ def may_log_to_wandb(logger_name: str, job_overrides: Iterable[Sequence[str]]) -
         return True
     for override in itertools.chain.from_iterable(job_overrides):
         prefixed, _, value = (part.strip() for part in override.partition("="))
-        key = prefixed.lstrip("+~")
+        key = override_key(prefixed)
         if key != "logger" and not key.startswith("logger."):
             continue
         sets_composed_name = key in ("logger", "logger.name") and value == logger_name
